@@ -1,0 +1,148 @@
+"""The HTTP API for backend services (DESIGN.md "HTTP API").
+
+JSON in, JSON out; errors are ``{"error": {"code", "message"}}``. Every
+``/api/`` route but the dev token needs ``Authorization: Bearer <api key>``;
+with no key configured the API is closed, except in dev mode where it is open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .auth import check_api_key, issue_token
+from .backplane import BackplaneUnavailable
+from .commands import publication_dict
+from .protocol import MAX_HISTORY_LIMIT, ProtocolError, StreamPosition, check_channel, check_data
+from .state import NodeState
+
+__all__ = ["ApiError", "routes"]
+
+logger = logging.getLogger("tidings.api")
+
+MAX_BODY_SIZE = 1024 * 1024
+
+
+class ApiError(Exception):
+    """An HTTP error with a message that is safe to return."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "message": message}}, status_code=status)
+
+
+Handler = Callable[[Request, NodeState], Awaitable[Response]]
+
+
+def endpoint(handler: Handler, *, authenticated: bool = True) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap ``handler``: API key check, node state lookup, and errors as JSON."""
+
+    async def wrapped(request: Request) -> Response:
+        state = cast(NodeState, request.scope["state"])  # lifespan state (see app.py)
+        settings = state["settings"]
+        if (
+            authenticated
+            and not (settings.dev and not settings.api_keys)
+            and not check_api_key(request.headers.get("authorization"), [k.reveal() for k in settings.api_keys])
+        ):
+            return error_response(401, "missing or invalid API key")
+        try:
+            return await handler(request, state)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message)
+        except ProtocolError as exc:
+            return error_response(exc.code, exc.message)
+        except BackplaneUnavailable:
+            return error_response(503, "backplane unavailable")
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.url.path)
+            return error_response(500, "internal error")
+
+    return wrapped
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or ApiError 400/413."""
+    body = await request.body()
+    if len(body) > MAX_BODY_SIZE:
+        raise ApiError(413, f"body exceeds {MAX_BODY_SIZE} bytes")
+    try:
+        value = json.loads(body)
+    except ValueError as exc:
+        raise ApiError(400, "body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return value
+
+
+async def publish(request: Request, state: NodeState) -> Response:
+    body = await read_json(request)
+    channel = check_channel(body.get("channel"))
+    if "data" not in body:
+        raise ApiError(400, "data is required")
+    data = body["data"]
+    check_data(data)
+    if len(json.dumps(data)) > state["settings"].max_message_size:
+        raise ApiError(413, "data exceeds TIDINGS_MAX_MESSAGE_SIZE")
+    position = await state["backplane"].publish(channel, data)
+    assert position is not None
+    return JSONResponse(position.encode())
+
+
+async def history(request: Request, state: NodeState) -> Response:
+    channel = check_channel(request.path_params["channel"])
+    query = request.query_params
+    since = None
+    try:
+        if "since_offset" in query:
+            since = StreamPosition(query.get("since_epoch", ""), int(query["since_offset"]))
+        limit = int(query.get("limit", "100"))
+    except ValueError as exc:
+        raise ApiError(400, "since_offset and limit must be integers") from exc
+    if not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise ApiError(400, f"limit must be from 1 to {MAX_HISTORY_LIMIT}")
+    reverse = query.get("reverse", "false").lower() in ("1", "true", "yes")
+    page = await state["backplane"].history(channel, since=since, limit=limit, reverse=reverse)
+    return JSONResponse({**page.top.encode(), "publications": [publication_dict(p) for p in page.publications]})
+
+
+async def dev_token(request: Request, state: NodeState) -> Response:
+    settings = state["settings"]
+    if not settings.dev or settings.jwt_secret is None:
+        raise ApiError(404, "not found")
+    body = await read_json(request)
+    user = body.get("user")
+    if not isinstance(user, str) or not 0 < len(user) <= 64 or not user.replace("-", "").replace("_", "").isalnum():
+        raise ApiError(400, "user must be 1-64 letters, digits, - or _")
+    return JSONResponse({"token": issue_token(user, settings.jwt_secret.reveal(), ttl=12 * 3600), "user": user})
+
+
+async def healthz(request: Request, state: NodeState) -> Response:
+    return JSONResponse({"status": "ok", "node": state["settings"].node_id})
+
+
+async def readyz(request: Request, state: NodeState) -> Response:
+    ready = state["backplane"].ready and not state["draining"].is_set()
+    body = {"ready": ready, "node": state["settings"].node_id, "backplane": state["backplane"].ready}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/publish", endpoint(publish), methods=["POST"]),
+        Route("/api/channels/{channel}/history", endpoint(history), methods=["GET"]),
+        Route("/api/dev/token", endpoint(dev_token, authenticated=False), methods=["POST"]),
+        Route("/healthz", endpoint(healthz, authenticated=False), methods=["GET"]),
+        Route("/readyz", endpoint(readyz, authenticated=False), methods=["GET"]),
+    ]

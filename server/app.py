@@ -1,0 +1,125 @@
+"""The ASGI application of one node: WebSocket gateway at ``/ws``, HTTP API, web UI at ``/``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .api import routes
+from .auth import TokenVerifier
+from .backplane import Backplane
+from .backplane.memory import InMemoryBackplane
+from .commands import CommandRunner
+from .config import ConfigError, Secret, Settings
+from .connection import serve_websocket
+from .hub import Hub
+from .state import NodeState
+
+__all__ = ["create_app", "prepare_settings"]
+
+logger = logging.getLogger("tidings.app")
+
+
+def prepare_settings(settings: Settings) -> Settings:
+    """Fill in what dev mode may invent, and refuse what a node cannot run without.
+
+    Raises:
+        ConfigError: no way to verify tokens outside dev mode.
+    """
+    if settings.jwt_secret is None and settings.jwt_public_key is None:
+        if not settings.dev:
+            raise ConfigError("set TIDINGS_JWT_SECRET or TIDINGS_JWT_PUBLIC_KEY (or TIDINGS_DEV=1 for a demo)")
+        settings = dataclasses.replace(settings, jwt_secret=Secret(secrets.token_urlsafe(32)))
+    return settings
+
+
+def make_backplane(settings: Settings) -> Backplane:
+    """The backplane the settings ask for: Redis when ``redis_url`` is set, else in memory."""
+    if settings.redis_url is None:
+        return InMemoryBackplane(node_id=settings.node_id, policies=settings.history_policies())
+    from .backplane.redis import RedisBackplane  # imported only for a cluster node
+
+    return RedisBackplane(
+        settings.redis_url,
+        node_id=settings.node_id,
+        key_prefix=settings.key_prefix,
+        policies=settings.history_policies(),
+    )
+
+
+class _WebSocketGateway:
+    """Routes ``/ws`` straight to the connection driver with uvicorn's own ``send``.
+
+    It sits outside Starlette's exception middleware, which would wrap ``send`` in
+    one more coroutine per frame on the hot path.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            state: NodeState = scope["state"]
+            if state["draining"].is_set():
+                await send({"type": "websocket.close", "code": 1013})
+                return
+            await serve_websocket(scope, receive, send, state["runner"])
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings, *, backplane: Backplane | None = None) -> Starlette:
+    """Build one node.
+
+    Args:
+        settings: the node's configuration (``Settings.from_env()`` in production).
+        backplane: use this backplane instead of the one ``settings`` describe (tests).
+
+    Raises:
+        ConfigError: the settings cannot run a node.
+    """
+    settings = prepare_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        node_backplane = backplane if backplane is not None else make_backplane(settings)
+        hub = Hub(node_backplane)
+        verifier = TokenVerifier(
+            secret=settings.jwt_secret.reveal() if settings.jwt_secret else None,
+            public_key=settings.jwt_public_key,
+        )
+        runner = CommandRunner(settings, node_backplane, hub, verifier)
+        await node_backplane.start(hub.deliver)
+        state: NodeState = {
+            "settings": settings,
+            "backplane": node_backplane,
+            "hub": hub,
+            "runner": runner,
+            "draining": asyncio.Event(),
+        }
+        logger.info("node %s ready (%s backplane)", settings.node_id, type(node_backplane).__name__)
+        try:
+            yield dict(state)
+        finally:
+            state["draining"].set()
+            await node_backplane.close()
+
+    web_dir = Path(str(files("tidings.web")))
+    return Starlette(
+        routes=[*routes(), Mount("/", app=StaticFiles(directory=web_dir, html=True), name="web")],
+        middleware=[Middleware(_WebSocketGateway)],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,232 @@
+"""Carrying out client commands once the session has allowed them.
+
+The connection driver calls :meth:`CommandRunner.run` for each command in
+arrival order. Every command gets exactly one reply; failures become error
+replies (503 ``temporary`` when the backplane is down, 500 otherwise) and never
+carry exception text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import MutableMapping
+from typing import Any
+
+from .auth import AuthError, TokenVerifier
+from .backplane import Backplane, BackplaneUnavailable, Publication, Sender
+from .config import Settings
+from .connection import Connection
+from .history import recover
+from .hub import Hub
+from .protocol import (
+    CLOSE_UNAUTHENTICATED,
+    ERR_BACKPLANE,
+    ERR_FORBIDDEN,
+    ERR_INTERNAL,
+    ERR_NOT_FOUND,
+    Command,
+    Connect,
+    History,
+    Notifications,
+    Ping,
+    Presence,
+    ProtocolError,
+    Publish,
+    Read,
+    StreamPosition,
+    Subscribe,
+    Unsubscribe,
+    error_reply,
+    ok_reply,
+)
+
+__all__ = ["CommandRunner", "publication_dict"]
+
+logger = logging.getLogger("tidings.commands")
+
+MAX_RECOVERY = 1000  # publications a resubscribe may recover; beyond that the client reloads
+
+
+def publication_dict(publication: Publication) -> dict[str, Any]:
+    """A publication as it appears inside replies (``history``, recovery)."""
+    result: dict[str, Any] = {
+        "channel": publication.channel,
+        "epoch": publication.epoch,
+        "offset": publication.offset,
+        "data": publication.data,
+        "ts": publication.ts,
+    }
+    if publication.sender is not None:
+        result["from"] = publication.sender.encode()
+    return result
+
+
+class CommandRunner:
+    """Runs commands for the connections of one node."""
+
+    def __init__(self, settings: Settings, backplane: Backplane, hub: Hub, verifier: TokenVerifier) -> None:
+        self.settings = settings
+        self.backplane = backplane
+        self.hub = hub
+        self.verifier = verifier
+        self._client_prefix = f"{secrets.token_hex(3)}"
+        self._client_counter = itertools.count(1)
+
+    def new_client_id(self) -> str:
+        """A cluster-unique connection id (node-unique prefix plus a counter)."""
+        return f"{self._client_prefix}{next(self._client_counter):x}"
+
+    def origin_allowed(self, scope: MutableMapping[str, Any]) -> bool:
+        """Cross-site WebSocket hijacking guard: a browser's Origin must be the node's own host or allowed."""
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin")
+        if origin is None:
+            return True  # not a browser
+        allowed = self.settings.allowed_origins
+        text = origin.decode("latin-1").rstrip("/")
+        if "*" in allowed or text in allowed:
+            return True
+        host = headers.get(b"host", b"").decode("latin-1")
+        return bool(text.split("://", 1)[-1] == host)
+
+    async def run(self, connection: Connection, command: Command) -> None:
+        """Carry out ``command`` and queue its reply."""
+        releases: list[tuple[str, int]] = []
+        try:
+            result = await self._dispatch(connection, command, releases)
+        except ProtocolError as exc:
+            connection.send(error_reply(command.id, exc.code, exc.message))
+        except BackplaneUnavailable:
+            connection.send(error_reply(command.id, ERR_BACKPLANE, "backplane unavailable", temporary=True))
+        except Exception:
+            logger.exception("command %s failed on connection %s", command.op, connection.client_id)
+            connection.send(error_reply(command.id, ERR_INTERNAL, "internal error"))
+        else:
+            if result is not None:
+                connection.send(ok_reply(command.id, result))
+        finally:
+            # Publications held during (re)subscribes follow the reply, never precede it.
+            for channel, offset in releases:
+                connection.release(channel, after=offset)
+
+    async def _dispatch(
+        self, connection: Connection, command: Command, releases: list[tuple[str, int]]
+    ) -> dict[str, Any] | None:
+        if isinstance(command, Connect):
+            return await self._connect(connection, command, releases)
+        if isinstance(command, Subscribe):
+            return await self._subscribe(connection, command.channel, command.since, releases)
+        if isinstance(command, Unsubscribe):
+            await self.hub.unsubscribe(command.channel, connection)
+            connection.session.remove_channel(command.channel)
+            return {}
+        if isinstance(command, Publish):
+            sender = Sender(connection.session.user, connection.client_id)
+            position = await self.backplane.publish(
+                command.channel, command.data, sender=sender, ephemeral=command.ephemeral
+            )
+            return {} if position is None else position.encode()
+        if isinstance(command, History):
+            page = await self.backplane.history(
+                command.channel, since=command.since, limit=command.limit, reverse=command.reverse
+            )
+            return {**page.top.encode(), "publications": [publication_dict(p) for p in page.publications]}
+        if isinstance(command, Presence):
+            return {"members": self._local_members(command.channel)}
+        if isinstance(command, (Notifications, Read)):
+            raise ProtocolError("notifications are not enabled on this node", code=ERR_NOT_FOUND)
+        if isinstance(command, Ping):
+            return {}
+        raise AssertionError(f"unhandled command {command!r}")  # decode_command returns only the types above
+
+    async def _connect(
+        self, connection: Connection, command: Connect, releases: list[tuple[str, int]]
+    ) -> dict[str, Any] | None:
+        try:
+            principal = self.verifier.verify(command.token)
+        except AuthError as exc:
+            connection.close(CLOSE_UNAUTHENTICATED, str(exc))
+            return None
+        session = connection.session
+        session.open(principal)
+        self.hub.register(connection)
+        channels: dict[str, Any] = {}
+        wanted: dict[str, StreamPosition | None] = {f"user:{principal.user}": None}
+        for request in command.subscribe:
+            wanted.setdefault(request.channel, request.since)
+        for channel, since in wanted.items():
+            if not session.may_subscribe(channel):
+                channels[channel] = {"error": {"code": ERR_FORBIDDEN, "message": f"subscribe to {channel} is not allowed"}}
+                continue
+            channels[channel] = await self._subscribe(connection, channel, since, releases)
+        return {
+            "client": connection.client_id,
+            "user": principal.user,
+            "node": self.backplane.node_id,
+            "ping_interval": self.settings.ping_interval,
+            "channels": channels,
+            "unread": 0,
+        }
+
+    async def _subscribe(
+        self,
+        connection: Connection,
+        channel: str,
+        since: StreamPosition | None,
+        releases: list[tuple[str, int]],
+    ) -> dict[str, Any]:
+        # Hold live publications from the moment the backplane delivers them until the reply is queued,
+        # then release those not already in the reply: no gap, no duplicate (DESIGN.md, Guarantee 2).
+        connection.hold(channel)
+        try:
+            await self.hub.subscribe(channel, connection)
+        except BaseException:
+            connection.release(channel, after=None)
+            raise
+        try:
+            if since is None:
+                top = await self.backplane.top(channel)
+                result: dict[str, Any] = top.encode()
+            else:
+                page = await self.backplane.history(channel, since=since, limit=MAX_RECOVERY)
+                top = page.top
+                recovery = recover(since, top, page.publications, limit=MAX_RECOVERY)
+                result = {
+                    **top.encode(),
+                    "recovered": recovery.recovered,
+                    "publications": [publication_dict(p) for p in recovery.publications],
+                }
+        except BaseException:
+            connection.release(channel, after=None)
+            await self.hub.unsubscribe(channel, connection)
+            raise
+        connection.session.add_channel(channel)
+        releases.append((channel, top.offset))
+        return result
+
+    def _local_members(self, channel: str) -> list[dict[str, Any]]:
+        members = []
+        for subscriber in self.hub.subscribers(channel):
+            if isinstance(subscriber, Connection) and subscriber.session.principal is not None:
+                members.append(
+                    {
+                        "user": subscriber.session.user,
+                        "client": subscriber.client_id,
+                        "node": self.backplane.node_id,
+                        "info": {"name": subscriber.session.principal.name},
+                    }
+                )
+        return members
+
+    async def disconnected(self, connection: Connection) -> None:
+        """Clean up after a connection ended, however it ended."""
+        connection.closed = True
+        self.hub.unregister(connection)
+        for channel in list(connection.session.channels):
+            try:
+                await self.hub.unsubscribe(channel, connection)
+            except BackplaneUnavailable:
+                logger.warning("could not unsubscribe %s from the backplane", channel)
+        connection.session.channels.clear()

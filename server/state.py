@@ -1,0 +1,21 @@
+"""The lifespan state of a node: what every request and connection reaches through ``scope["state"]``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypedDict
+
+from .backplane import Backplane
+from .commands import CommandRunner
+from .config import Settings
+from .hub import Hub
+
+__all__ = ["NodeState"]
+
+
+class NodeState(TypedDict):
+    settings: Settings
+    backplane: Backplane
+    hub: Hub
+    runner: CommandRunner
+    draining: asyncio.Event  # set on shutdown: /readyz fails and new sockets are refused

@@ -1,0 +1,28 @@
+"""Shared fixtures. Real servers only: uvicorn on free ports, Valkey/Redis processes, real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tidings.server.auth import issue_token
+
+from .support.node import SECRET, RunningNode, run_node, test_settings
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[RunningNode]:
+    """One node with the in-memory backplane."""
+    async with run_node(test_settings()) as running:
+        yield running
+
+
+@pytest.fixture
+def token():  # type: ignore[no-untyped-def]
+    """Make a valid token: ``token("alice")``."""
+
+    def make(user: str, *, ttl: float = 3600.0) -> str:
+        return issue_token(user, SECRET, ttl=ttl)
+
+    return make

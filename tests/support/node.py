@@ -1,0 +1,80 @@
+"""A real single node in the test's event loop: uvicorn on a pre-bound port-0 socket (no TestClient)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from tidings.server.app import create_app
+from tidings.server.backplane import Backplane
+from tidings.server.config import Settings
+
+from .timing import UNIT
+
+SECRET = "test-secret-which-is-long-enough-for-hs256"
+API_KEY = "test-api-key"
+
+
+@dataclass
+class RunningNode:
+    settings: Settings
+    port: int
+    server: uvicorn.Server
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def test_settings(**overrides: object) -> Settings:
+    from tidings.server.config import Secret
+
+    values: dict[str, object] = {
+        "jwt_secret": Secret(SECRET),
+        "api_keys": (Secret(API_KEY),),
+        "connect_timeout": 2 * UNIT,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def run_node(settings: Settings, *, backplane: Backplane | None = None) -> AsyncIterator[RunningNode]:
+    """Serve one node on a free port until the block ends."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        create_app(settings, backplane=backplane),
+        ws="websockets-sansio",
+        ws_max_size=max(4 * settings.max_message_size, 1 << 20),
+        lifespan="on",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10 * UNIT):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("server stopped before it started")
+                await asyncio.sleep(0.01)
+        yield RunningNode(settings, sock.getsockname()[1], server)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10 * UNIT):
+                await task
+        if not task.done():
+            task.cancel()
+        sock.close()
