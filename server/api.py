@@ -54,7 +54,9 @@ def endpoint(handler: Handler, *, authenticated: bool = True) -> Callable[[Reque
         if (
             authenticated
             and not (settings.dev and not settings.api_keys)
-            and not check_api_key(request.headers.get("authorization"), [k.reveal() for k in settings.api_keys])
+            and not check_api_key(
+                request.headers.get("authorization"), [k.reveal() for k in settings.api_keys]
+            )
         ):
             return error_response(401, "missing or invalid API key")
         try:
@@ -114,7 +116,72 @@ async def history(request: Request, state: NodeState) -> Response:
         raise ApiError(400, f"limit must be from 1 to {MAX_HISTORY_LIMIT}")
     reverse = query.get("reverse", "false").lower() in ("1", "true", "yes")
     page = await state["backplane"].history(channel, since=since, limit=limit, reverse=reverse)
-    return JSONResponse({**page.top.encode(), "publications": [publication_dict(p) for p in page.publications]})
+    return JSONResponse(
+        {**page.top.encode(), "publications": [publication_dict(p) for p in page.publications]}
+    )
+
+
+def _room(request: Request) -> str:
+    name = request.path_params["room"]
+    return check_channel(f"room:{name}")[5:]
+
+
+def _user(request: Request) -> str:
+    user = request.path_params["user"]
+    check_channel(f"user:{user}")
+    return str(user)
+
+
+async def presence(request: Request, state: NodeState) -> Response:
+    channel = check_channel(request.path_params["channel"])
+    members = await state["presence"].members(channel)
+    return JSONResponse({"channel": channel, "members": [m.encode() for m in members]})
+
+
+async def user_presence(request: Request, state: NodeState) -> Response:
+    user = _user(request)
+    members = await state["presence"].members(f"user:{user}")
+    nodes = sorted({m.node for m in members})
+    return JSONResponse({"user": user, "online": bool(members), "connections": len(members), "nodes": nodes})
+
+
+async def create_room(request: Request, state: NodeState) -> Response:
+    room = _room(request)
+    body = await read_json(request) if await request.body() else {}
+    private = body.get("private", False)
+    if not isinstance(private, bool):
+        raise ApiError(400, "private must be a boolean")
+    await state["rooms"].directory.create(room, private=private)
+    await state["control"].broadcast("invalidate_room", room=room)
+    return JSONResponse({"room": room, "private": private})
+
+
+async def add_room_member(request: Request, state: NodeState) -> Response:
+    room, user = _room(request), _user(request)
+    await state["rooms"].directory.add_member(room, user)
+    await state["control"].broadcast("invalidate_room", room=room)
+    return JSONResponse({"room": room, "user": user, "member": True})
+
+
+async def remove_room_member(request: Request, state: NodeState) -> Response:
+    room, user = _room(request), _user(request)
+    await state["rooms"].directory.remove_member(room, user)
+    # One message does both on every node: drop the cached answer, end the user's live subscriptions.
+    await state["control"].broadcast("kick", user=user, channel=f"room:{room}")
+    return JSONResponse({"room": room, "user": user, "member": False})
+
+
+async def disconnect_user(request: Request, state: NodeState) -> Response:
+    user = _user(request)
+    body = await read_json(request) if await request.body() else {}
+    code = body.get("code", 4503)
+    if not isinstance(code, int) or isinstance(code, bool) or not 4000 <= code <= 4999:
+        raise ApiError(400, "code must be a close code from 4000 to 4999")
+    reason = body.get("reason", "disconnected by the server")
+    if not isinstance(reason, str) or len(reason) > 120:
+        raise ApiError(400, "reason must be a string of at most 120 characters")
+    await state["control"].broadcast("disconnect_user", user=user, code=code, reason=reason)
+    return JSONResponse({"user": user, "disconnected": True})
 
 
 async def dev_token(request: Request, state: NodeState) -> Response:
@@ -123,9 +190,15 @@ async def dev_token(request: Request, state: NodeState) -> Response:
         raise ApiError(404, "not found")
     body = await read_json(request)
     user = body.get("user")
-    if not isinstance(user, str) or not 0 < len(user) <= 64 or not user.replace("-", "").replace("_", "").isalnum():
+    if (
+        not isinstance(user, str)
+        or not 0 < len(user) <= 64
+        or not user.replace("-", "").replace("_", "").isalnum()
+    ):
         raise ApiError(400, "user must be 1-64 letters, digits, - or _")
-    return JSONResponse({"token": issue_token(user, settings.jwt_secret.reveal(), ttl=12 * 3600), "user": user})
+    return JSONResponse(
+        {"token": issue_token(user, settings.jwt_secret.reveal(), ttl=12 * 3600), "user": user}
+    )
 
 
 async def healthz(request: Request, state: NodeState) -> Response:
@@ -142,6 +215,12 @@ def routes() -> list[Route]:
     return [
         Route("/api/publish", endpoint(publish), methods=["POST"]),
         Route("/api/channels/{channel}/history", endpoint(history), methods=["GET"]),
+        Route("/api/channels/{channel}/presence", endpoint(presence), methods=["GET"]),
+        Route("/api/users/{user}/presence", endpoint(user_presence), methods=["GET"]),
+        Route("/api/users/{user}/disconnect", endpoint(disconnect_user), methods=["POST"]),
+        Route("/api/rooms/{room}", endpoint(create_room), methods=["POST"]),
+        Route("/api/rooms/{room}/members/{user}", endpoint(add_room_member), methods=["PUT"]),
+        Route("/api/rooms/{room}/members/{user}", endpoint(remove_room_member), methods=["DELETE"]),
         Route("/api/dev/token", endpoint(dev_token, authenticated=False), methods=["POST"]),
         Route("/healthz", endpoint(healthz, authenticated=False), methods=["GET"]),
         Route("/readyz", endpoint(readyz, authenticated=False), methods=["GET"]),

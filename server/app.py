@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -12,6 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
@@ -20,12 +22,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .api import routes
 from .auth import TokenVerifier
-from .backplane import Backplane
+from .backplane import Backplane, Publication
 from .backplane.memory import InMemoryBackplane
 from .commands import CommandRunner
 from .config import ConfigError, Secret, Settings
 from .connection import serve_websocket
+from .control import ControlPlane
 from .hub import Hub
+from .liveness import NodeLiveness
+from .presence import InMemoryPresence, Presence, RedisPresence, announces_presence
+from .rooms import CachedRooms, InMemoryRooms, RedisRooms
 from .state import NodeState
 
 __all__ = ["create_app", "prepare_settings"]
@@ -41,7 +47,9 @@ def prepare_settings(settings: Settings) -> Settings:
     """
     if settings.jwt_secret is None and settings.jwt_public_key is None:
         if not settings.dev:
-            raise ConfigError("set TIDINGS_JWT_SECRET or TIDINGS_JWT_PUBLIC_KEY (or TIDINGS_DEV=1 for a demo)")
+            raise ConfigError(
+                "set TIDINGS_JWT_SECRET or TIDINGS_JWT_PUBLIC_KEY (or TIDINGS_DEV=1 for a demo)"
+            )
         settings = dataclasses.replace(settings, jwt_secret=Secret(secrets.token_urlsafe(32)))
     return settings
 
@@ -58,6 +66,67 @@ def make_backplane(settings: Settings) -> Backplane:
         key_prefix=settings.key_prefix,
         policies=settings.history_policies(),
     )
+
+
+async def start_node(
+    settings: Settings, stack: contextlib.AsyncExitStack, *, backplane: Backplane | None = None
+) -> NodeState:
+    """Start every part of a node; ``stack`` stops them in reverse order."""
+    node_backplane = backplane if backplane is not None else make_backplane(settings)
+    redis_client = None
+    if settings.redis_url is not None:
+        redis_client = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        stack.push_async_callback(redis_client.aclose)
+    presence: Presence = (
+        RedisPresence(redis_client, key_prefix=settings.key_prefix) if redis_client else InMemoryPresence()
+    )
+    rooms = CachedRooms(
+        RedisRooms(redis_client, key_prefix=settings.key_prefix) if redis_client else InMemoryRooms()
+    )
+    hub = Hub(node_backplane)
+    verifier = TokenVerifier(
+        secret=settings.jwt_secret.reveal() if settings.jwt_secret else None,
+        public_key=settings.jwt_public_key,
+    )
+    runner = CommandRunner(settings, node_backplane, hub, verifier, presence, rooms)
+    control = ControlPlane(node_backplane, hub, rooms, drop_subscription=runner.drop_subscription)
+
+    def on_publication(publication: Publication) -> None:
+        if publication.channel.startswith("sys:"):
+            control.handle(publication)
+        else:
+            hub.deliver(publication)
+
+    await node_backplane.start(on_publication)
+    stack.push_async_callback(node_backplane.close)
+    await control.start()
+    if redis_client is not None:
+        liveness = NodeLiveness(
+            redis_client,
+            presence,
+            key_prefix=settings.key_prefix,
+            node_id=settings.node_id,
+            announce_leave=lambda channel, member: (
+                runner.announce(channel, "leave", member) if announces_presence(channel) else _nothing()
+            ),
+            on_revived=runner.readd_presence,
+        )
+        await liveness.start()
+        stack.push_async_callback(liveness.stop)
+    return {
+        "settings": settings,
+        "backplane": node_backplane,
+        "hub": hub,
+        "runner": runner,
+        "presence": presence,
+        "rooms": rooms,
+        "control": control,
+        "draining": asyncio.Event(),
+    }
+
+
+async def _nothing() -> None:
+    return None
 
 
 class _WebSocketGateway:
@@ -95,27 +164,13 @@ def create_app(settings: Settings, *, backplane: Backplane | None = None) -> Sta
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        node_backplane = backplane if backplane is not None else make_backplane(settings)
-        hub = Hub(node_backplane)
-        verifier = TokenVerifier(
-            secret=settings.jwt_secret.reveal() if settings.jwt_secret else None,
-            public_key=settings.jwt_public_key,
-        )
-        runner = CommandRunner(settings, node_backplane, hub, verifier)
-        await node_backplane.start(hub.deliver)
-        state: NodeState = {
-            "settings": settings,
-            "backplane": node_backplane,
-            "hub": hub,
-            "runner": runner,
-            "draining": asyncio.Event(),
-        }
-        logger.info("node %s ready (%s backplane)", settings.node_id, type(node_backplane).__name__)
-        try:
-            yield dict(state)
-        finally:
-            state["draining"].set()
-            await node_backplane.close()
+        async with contextlib.AsyncExitStack() as stack:
+            state = await start_node(settings, stack, backplane=backplane)
+            logger.info("node %s ready (%s backplane)", settings.node_id, type(state["backplane"]).__name__)
+            try:
+                yield dict(state)
+            finally:
+                state["draining"].set()
 
     web_dir = Path(str(files("tidings.web")))
     return Starlette(

@@ -52,7 +52,9 @@ _MAX_USER_LENGTH = 100
 class TokenVerifier:
     """Verifies connect tokens against the configured secret or public key."""
 
-    def __init__(self, *, secret: str | None = None, public_key: str | None = None, leeway: float = 0.0) -> None:
+    def __init__(
+        self, *, secret: str | None = None, public_key: str | None = None, leeway: float = 0.0
+    ) -> None:
         if secret is None and public_key is None:
             raise ValueError("a token verifier needs TIDINGS_JWT_SECRET or TIDINGS_JWT_PUBLIC_KEY")
         self._keys: list[tuple[Any, list[str]]] = []
@@ -105,7 +107,9 @@ class TokenVerifier:
         return Principal(sub, name[:100], float(exp))
 
 
-def issue_token(user: str, secret: str, *, ttl: float = 3600.0, name: str | None = None, now: float | None = None) -> str:
+def issue_token(
+    user: str, secret: str, *, ttl: float = 3600.0, name: str | None = None, now: float | None = None
+) -> str:
     """Sign an HS256 token for ``user`` (dev mode, ``tidings token``, tests)."""
     issued = time.time() if now is None else now
     claims: dict[str, Any] = {"sub": user, "iat": int(issued), "exp": int(issued + ttl)}

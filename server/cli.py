@@ -1,9 +1,9 @@
 """``tidings``: run a node or a local cluster, and talk to one from a shell.
 
-    tidings serve [--host H] [--port P] [--shared-port S]   one node
-    tidings up [--nodes N]                                  a local cluster on an embedded Valkey
-    tidings token USER [--ttl SECONDS]                      sign a token with TIDINGS_JWT_SECRET
-    tidings publish CHANNEL JSON [--url URL]                POST /api/publish
+tidings serve [--host H] [--port P] [--shared-port S]   one node
+tidings up [--nodes N]                                  a local cluster on an embedded Valkey
+tidings token USER [--ttl SECONDS]                      sign a token with TIDINGS_JWT_SECRET
+tidings publish CHANNEL JSON [--url URL]                POST /api/publish
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from .config import Settings
 from .connection import Connection
 from .history import recover
 from .hub import Hub
+from .presence import Member, announces_presence, tracks_presence
+from .presence import Presence as PresenceStore
 from .protocol import (
     CLOSE_UNAUTHENTICATED,
     ERR_BACKPLANE,
@@ -41,6 +43,7 @@ from .protocol import (
     error_reply,
     ok_reply,
 )
+from .rooms import CachedRooms, room_name
 
 __all__ = ["CommandRunner", "publication_dict"]
 
@@ -66,11 +69,21 @@ def publication_dict(publication: Publication) -> dict[str, Any]:
 class CommandRunner:
     """Runs commands for the connections of one node."""
 
-    def __init__(self, settings: Settings, backplane: Backplane, hub: Hub, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backplane: Backplane,
+        hub: Hub,
+        verifier: TokenVerifier,
+        presence: PresenceStore,
+        rooms: CachedRooms,
+    ) -> None:
         self.settings = settings
         self.backplane = backplane
         self.hub = hub
         self.verifier = verifier
+        self.presence = presence
+        self.rooms = rooms
         self._client_prefix = f"{secrets.token_hex(3)}"
         self._client_counter = itertools.count(1)
 
@@ -119,22 +132,25 @@ class CommandRunner:
         if isinstance(command, Subscribe):
             return await self._subscribe(connection, command.channel, command.since, releases)
         if isinstance(command, Unsubscribe):
-            await self.hub.unsubscribe(command.channel, connection)
-            connection.session.remove_channel(command.channel)
+            await self.drop_subscription(connection, command.channel)
             return {}
         if isinstance(command, Publish):
+            await self._check_room_access(connection, command.channel)
             sender = Sender(connection.session.user, connection.client_id)
             position = await self.backplane.publish(
                 command.channel, command.data, sender=sender, ephemeral=command.ephemeral
             )
             return {} if position is None else position.encode()
         if isinstance(command, History):
+            await self._check_room_access(connection, command.channel)
             page = await self.backplane.history(
                 command.channel, since=command.since, limit=command.limit, reverse=command.reverse
             )
             return {**page.top.encode(), "publications": [publication_dict(p) for p in page.publications]}
         if isinstance(command, Presence):
-            return {"members": self._local_members(command.channel)}
+            await self._check_room_access(connection, command.channel)
+            members = await self.presence.members(command.channel)
+            return {"members": [member.encode() for member in members]}
         if isinstance(command, (Notifications, Read)):
             raise ProtocolError("notifications are not enabled on this node", code=ERR_NOT_FOUND)
         if isinstance(command, Ping):
@@ -158,7 +174,9 @@ class CommandRunner:
             wanted.setdefault(request.channel, request.since)
         for channel, since in wanted.items():
             if not session.may_subscribe(channel):
-                channels[channel] = {"error": {"code": ERR_FORBIDDEN, "message": f"subscribe to {channel} is not allowed"}}
+                channels[channel] = {
+                    "error": {"code": ERR_FORBIDDEN, "message": f"subscribe to {channel} is not allowed"}
+                }
                 continue
             channels[channel] = await self._subscribe(connection, channel, since, releases)
         return {
@@ -177,6 +195,7 @@ class CommandRunner:
         since: StreamPosition | None,
         releases: list[tuple[str, int]],
     ) -> dict[str, Any]:
+        await self._check_room_access(connection, channel)
         # Hold live publications from the moment the backplane delivers them until the reply is queued,
         # then release those not already in the reply: no gap, no duplicate (DESIGN.md, Guarantee 2).
         connection.hold(channel)
@@ -204,29 +223,62 @@ class CommandRunner:
             raise
         connection.session.add_channel(channel)
         releases.append((channel, top.offset))
+        if tracks_presence(channel):
+            await self._add_presence(connection, channel)
         return result
 
-    def _local_members(self, channel: str) -> list[dict[str, Any]]:
-        members = []
-        for subscriber in self.hub.subscribers(channel):
-            if isinstance(subscriber, Connection) and subscriber.session.principal is not None:
-                members.append(
-                    {
-                        "user": subscriber.session.user,
-                        "client": subscriber.client_id,
-                        "node": self.backplane.node_id,
-                        "info": {"name": subscriber.session.principal.name},
-                    }
-                )
-        return members
+    async def _check_room_access(self, connection: Connection, channel: str) -> None:
+        room = room_name(channel)
+        if room is not None and not await self.rooms.may_access(room, connection.session.user):
+            raise ProtocolError(f"{channel} is a private room you are not a member of", code=ERR_FORBIDDEN)
+
+    def member(self, connection: Connection) -> Member:
+        principal = connection.session.principal
+        assert principal is not None
+        return Member(principal.user, connection.client_id, self.backplane.node_id, {"name": principal.name})
+
+    async def _add_presence(self, connection: Connection, channel: str) -> None:
+        member = self.member(connection)
+        await self.presence.add(channel, member)
+        if announces_presence(channel):
+            await self.announce(channel, "join", member)
+
+    async def announce(self, channel: str, event: str, member: Member) -> None:
+        """Publish a ``join``/``leave`` push to every subscriber of ``channel`` on every node."""
+        await self.backplane.publish(channel, {"push": event, "member": member.encode()}, ephemeral=True)
+
+    async def drop_subscription(self, connection: Connection, channel: str) -> None:
+        """End one subscription: hub, session, presence and the ``leave`` push."""
+        await self.hub.unsubscribe(channel, connection)
+        if channel not in connection.session.channels:
+            return
+        connection.session.remove_channel(channel)
+        if tracks_presence(channel):
+            member = self.member(connection)
+            await self.presence.remove(channel, member)
+            if announces_presence(channel):
+                await self.announce(channel, "leave", member)
+
+    async def readd_presence(self) -> None:
+        """Re-add the presence of every local subscription (after this node was presumed dead)."""
+        for subscriber in list(self.hub.connections.values()):
+            if isinstance(subscriber, Connection) and not subscriber.closed:
+                for channel in list(subscriber.session.channels):
+                    if tracks_presence(channel):
+                        await self._add_presence(subscriber, channel)
 
     async def disconnected(self, connection: Connection) -> None:
         """Clean up after a connection ended, however it ended."""
         connection.closed = True
         self.hub.unregister(connection)
+        if connection.session.principal is None:
+            return
         for channel in list(connection.session.channels):
             try:
-                await self.hub.unsubscribe(channel, connection)
+                await self.drop_subscription(connection, channel)
             except BackplaneUnavailable:
-                logger.warning("could not unsubscribe %s from the backplane", channel)
+                # The entries stay in Redis; the dead-node sweep or the next heartbeat fixes presence.
+                logger.warning(
+                    "could not clean up %s of %s: backplane unavailable", channel, connection.client_id
+                )
         connection.session.channels.clear()

@@ -127,7 +127,16 @@ class Settings:
             raise ConfigError("TIDINGS_KEY_PREFIX must be non-empty and hold no braces")
 
 
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 def _parse(name: str, raw: str) -> Any:

@@ -62,6 +62,7 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_asgi_send",
+        "_closing",
         "_held",
         "_outbox",
         "_outbox_bytes",
@@ -73,7 +74,9 @@ class Connection:
         "session",
     )
 
-    def __init__(self, client_id: str, codec: Codec, asgi_send: Send, *, outbox_size: int, session: Session) -> None:
+    def __init__(
+        self, client_id: str, codec: Codec, asgi_send: Send, *, outbox_size: int, session: Session
+    ) -> None:
         self.client_id = client_id
         self.codec = codec
         self.session = session
@@ -84,6 +87,7 @@ class Connection:
         self._outbox_size = outbox_size
         self._writer: asyncio.Task[None] | None = None
         self._held: dict[str, list[tuple[Publication, Frame]]] | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     # --- outgoing ----------------------------------------------------------------------------------
 
@@ -157,7 +161,16 @@ class Connection:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.cancel()
-        asyncio.get_running_loop().create_task(self._send_close(code, reason))
+        self._closing = asyncio.get_running_loop().create_task(self._send_close(code, reason))
+
+    async def wait_closed(self) -> None:
+        """Wait until the close frame is out (or the grace period is over).
+
+        The ASGI app must not return before: uvicorn then drops the transport and
+        the client sees 1006 instead of the close code that carries its reconnect policy.
+        """
+        if self._closing is not None:
+            await self._closing
 
     async def _send_close(self, code: int, reason: str) -> None:
         disconnect = Disconnect(code, reason)
@@ -189,9 +202,10 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
     first = await receive()
     if first["type"] != "websocket.connect":
         return
-    codec = Codec.negotiate(scope.get("subprotocols") or [])
     offered = scope.get("subprotocols") or []
-    await send({"type": "websocket.accept", "subprotocol": codec.value if offered else None})
+    codec = Codec.negotiate(offered)
+    # RFC 6455 4.2.2: the server may only select a subprotocol the client offered.
+    await send({"type": "websocket.accept", "subprotocol": codec.value if codec.value in offered else None})
 
     client_id = runner.new_client_id()
     session = Session(client_id, max_channels=settings.max_channels)
@@ -219,6 +233,7 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
         if expiry is not None:
             expiry.cancel()
         await runner.disconnected(connection)
+        await connection.wait_closed()
 
 
 async def _handle_frame(message: Message, connection: Connection, runner: CommandRunner) -> bool:
@@ -237,7 +252,9 @@ async def _handle_frame(message: Message, connection: Connection, runner: Comman
     except ProtocolError as exc:
         if exc.close_code is None and connection.session.state is State.CONNECTING:
             # Nothing but a valid connect opens a session: a bad first command ends the connection.
-            exc.close_code = CLOSE_UNAUTHENTICATED if exc.code == ERR_UNAUTHENTICATED else CLOSE_PROTOCOL_VIOLATION
+            exc.close_code = (
+                CLOSE_UNAUTHENTICATED if exc.code == ERR_UNAUTHENTICATED else CLOSE_PROTOCOL_VIOLATION
+            )
         if exc.close_code is not None:
             connection.close(exc.close_code, exc.message)
             return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from .backplane import Backplane, Publication
 from .protocol import Codec, Frame, publication_push
@@ -114,14 +114,19 @@ class Hub:
         subscribers = self._channels.get(publication.channel)
         if not subscribers:
             return
-        push = publication_push(
-            publication.channel,
-            publication.epoch,
-            publication.offset,
-            publication.data,
-            publication.sender.encode() if publication.sender is not None else None,
-            publication.ts,
-        )
+        if publication.offset is None and publication.sender is None:
+            # A server event (join/leave) travels as an ephemeral publication without a sender;
+            # clients cannot forge one: their publications always carry a sender.
+            push = _event_push(publication)
+        else:
+            push = publication_push(
+                publication.channel,
+                publication.epoch,
+                publication.offset,
+                publication.data,
+                publication.sender.encode() if publication.sender is not None else None,
+                publication.ts,
+            )
         frames: dict[Codec, Frame] = {}
         # A copy: a subscriber that overflows is removed later, but never while we iterate.
         for subscriber in tuple(subscribers):
@@ -131,3 +136,10 @@ class Hub:
                 frame = frames[codec] = codec.encode(push)
             subscriber.deliver(publication, frame)
         self.deliveries += len(subscribers)
+
+
+def _event_push(publication: Publication) -> dict[str, Any]:
+    data = publication.data
+    if isinstance(data, dict) and data.get("push") in ("join", "leave"):
+        return {"push": data["push"], "channel": publication.channel, "member": data.get("member")}
+    return publication_push(publication.channel, "", None, data, None, publication.ts)

@@ -91,7 +91,9 @@ MAX_HISTORY_LIMIT: Final = 1000
 MAX_READ_IDS: Final = 1000
 
 # A channel is a namespace and a name; the name may not contain whitespace or control characters.
-_CHANNEL_RE: Final = re.compile(r"(room|user|dm):[A-Za-z0-9_.@\-]{1,200}(:[A-Za-z0-9_.@\-]{1,200})?|broadcast")
+_CHANNEL_RE: Final = re.compile(
+    r"(room|user|dm):[A-Za-z0-9_.@\-]{1,200}(:[A-Za-z0-9_.@\-]{1,200})?|broadcast"
+)
 
 
 def close_reconnects(code: int) -> bool:
@@ -108,7 +110,12 @@ class ProtocolError(Exception):
     """
 
     def __init__(
-        self, message: str, *, code: int = ERR_BAD_REQUEST, close_code: int | None = None, id: int | None = None
+        self,
+        message: str,
+        *,
+        code: int = ERR_BAD_REQUEST,
+        close_code: int | None = None,
+        id: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -223,7 +230,9 @@ class Ping:
 Frame: TypeAlias = str | bytes
 """One encoded WebSocket message: text (JSON) or binary (MessagePack)."""
 
-Command: TypeAlias = Connect | Subscribe | Unsubscribe | Publish | History | Presence | Notifications | Read | Ping
+Command: TypeAlias = (
+    Connect | Subscribe | Unsubscribe | Publish | History | Presence | Notifications | Read | Ping
+)
 
 
 # --- codecs -----------------------------------------------------------------------------------------
@@ -304,7 +313,9 @@ def decode_command(frame: bytes | str, codec: Codec, *, max_size: int) -> Comman
     size = len(frame) if isinstance(frame, bytes) else len(frame.encode(errors="surrogatepass"))
     if size > max_size:
         # Too large to parse safely; the id cannot be trusted, so reply to id 0 and keep the connection.
-        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {max_size}", code=ERR_TOO_LARGE, id=0)
+        raise ProtocolError(
+            f"frame of {size} bytes exceeds the limit of {max_size}", code=ERR_TOO_LARGE, id=0
+        )
     message = _parse_frame(frame, codec)
     if not isinstance(message, dict):
         raise ProtocolError("a command must be an object", close_code=CLOSE_PROTOCOL_VIOLATION)
@@ -384,8 +395,10 @@ def _build_command(command_id: int, message: dict[str, Any]) -> Command:
     if op == "read":
         ids = message.get("ids", [])
         read_all = _optional_bool(message, "all")
-        if not isinstance(ids, list) or len(ids) > MAX_READ_IDS or not all(
-            isinstance(i, str) and 0 < len(i) <= 64 for i in ids
+        if (
+            not isinstance(ids, list)
+            or len(ids) > MAX_READ_IDS
+            or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids)
         ):
             raise ProtocolError(f"ids must be a list of at most {MAX_READ_IDS} notification ids")
         if not ids and not read_all:
@@ -409,7 +422,9 @@ def _subscribe_requests(value: object) -> tuple[SubscribeRequest, ...]:
             raise ProtocolError("subscribe must be a list of {channel, since?}")
         since = item.get("since")
         requests.append(
-            SubscribeRequest(check_channel(item.get("channel")), None if since is None else StreamPosition.parse(since))
+            SubscribeRequest(
+                check_channel(item.get("channel")), None if since is None else StreamPosition.parse(since)
+            )
         )
     return tuple(requests)
 

@@ -69,7 +69,8 @@ class Session:
         if self.state is State.CONNECTING:
             if not isinstance(command, Connect):
                 raise ProtocolError(
-                    f"expected connect as the first command, got {command.op}", close_code=CLOSE_PROTOCOL_VIOLATION
+                    f"expected connect as the first command, got {command.op}",
+                    close_code=CLOSE_PROTOCOL_VIOLATION,
                 )
             self._check_subscriptions(channel.channel for channel in command.subscribe)
             return
@@ -81,6 +82,8 @@ class Session:
             self._check_subscriptions([command.channel], command_id=command.id)
         elif isinstance(command, Publish):
             self._require(Action.PUBLISH, command.channel, command.id)
+        elif isinstance(command, Presence) and command.channel.startswith("user:"):
+            pass  # whether a user is online is visible to every signed-in user (contact lists)
         elif isinstance(command, (History, Presence)):
             self._require(Action.SUBSCRIBE, command.channel, command.id)
         elif isinstance(command, Unsubscribe) and command.channel.startswith("user:"):
@@ -96,7 +99,9 @@ class Session:
 
     def _require(self, action: Action, channel: str, command_id: int | None) -> None:
         if not may(self.user, action, channel):
-            raise ProtocolError(f"{action.value} to {channel} is not allowed", code=ERR_FORBIDDEN, id=command_id)
+            raise ProtocolError(
+                f"{action.value} to {channel} is not allowed", code=ERR_FORBIDDEN, id=command_id
+            )
 
     def open(self, principal: Principal) -> None:
         """``connect`` succeeded: the session belongs to ``principal`` from now on."""

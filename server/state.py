@@ -8,7 +8,10 @@ from typing import TypedDict
 from .backplane import Backplane
 from .commands import CommandRunner
 from .config import Settings
+from .control import ControlPlane
 from .hub import Hub
+from .presence import Presence
+from .rooms import CachedRooms
 
 __all__ = ["NodeState"]
 
@@ -18,4 +21,7 @@ class NodeState(TypedDict):
     backplane: Backplane
     hub: Hub
     runner: CommandRunner
+    presence: Presence
+    rooms: CachedRooms
+    control: ControlPlane
     draining: asyncio.Event  # set on shutdown: /readyz fails and new sockets are refused

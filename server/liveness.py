@@ -1,0 +1,126 @@
+"""Node liveness: a short-TTL key per node, and the sweep that buries dead nodes.
+
+Each node refreshes ``alive`` every ``heartbeat_interval``; the key expires
+``ttl`` seconds after the last refresh. Once per tick, the node holding the
+sweep lease (see jobs.py) looks for registered nodes whose key is gone, removes
+their presence entries and announces a ``leave`` for each — once, since only one
+node sweeps at a time and HDEL decides who removed an entry. A node killed with
+SIGKILL is thus gone from presence within ``ttl`` plus one tick (DESIGN.md,
+Guarantee 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .backplane import keys as redis_keys
+from .jobs import Lease, run_once_periodically
+from .presence import Member, Presence
+
+__all__ = ["NodeLiveness"]
+
+logger = logging.getLogger("tidings.liveness")
+
+Announce = Callable[[str, Member], Awaitable[None]]
+
+
+class NodeLiveness:
+    """Heartbeat of this node plus the cluster-wide dead-node sweep.
+
+    Args:
+        announce_leave: called for every removed entry of a dead node (publishes the ``leave`` push).
+        on_revived: called when this node finds its own key expired (it was presumed dead, e.g. a long
+            pause): it must re-add its connections' presence.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        presence: Presence,
+        *,
+        key_prefix: str,
+        node_id: str,
+        announce_leave: Announce,
+        on_revived: Callable[[], Awaitable[None]],
+        ttl: float = 5.0,
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        self._redis = client
+        self._presence = presence
+        self._prefix = key_prefix
+        self.node_id = node_id
+        self._announce_leave = announce_leave
+        self._on_revived = on_revived
+        self.ttl = ttl
+        self.heartbeat_interval = heartbeat_interval
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sweep_lease = Lease(client, redis_keys.lease(key_prefix, "node-sweep"), ttl=max(ttl, 5.0))
+
+    async def start(self) -> None:
+        await self._beat(first=True)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._heartbeat_forever(), name="tidings-heartbeat"),
+            loop.create_task(
+                run_once_periodically(
+                    self._sweep_lease, self.heartbeat_interval, self.sweep, name="node-sweep"
+                ),
+                name="tidings-node-sweep",
+            ),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        # Let the survivors sweep whatever this node leaves behind right away, not after the TTL.
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(redis_keys.node_alive(self._prefix, self.node_id))
+
+    async def _beat(self, *, first: bool = False) -> None:
+        alive = redis_keys.node_alive(self._prefix, self.node_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(alive, "1", px=int(self.ttl * 1000), get=True)
+            pipe.sadd(redis_keys.nodes(self._prefix), self.node_id)
+            previous, _ = await pipe.execute()
+        if previous is None and not first:
+            logger.warning("node %s was presumed dead (heartbeat key expired); re-announcing", self.node_id)
+            await self._on_revived()
+
+    async def _heartbeat_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self._beat()
+                if failing:
+                    logger.info("heartbeat of node %s restored", self.node_id)
+                    failing = False
+            except (RedisError, OSError):
+                if not failing:
+                    logger.warning("heartbeat of node %s failing: Redis unreachable", self.node_id)
+                    failing = True
+
+    async def sweep(self) -> None:
+        """Bury every registered node whose liveness key expired (run under the sweep lease)."""
+        registered = await self._redis.smembers(redis_keys.nodes(self._prefix))
+        for raw in registered:
+            node_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if node_id == self.node_id:
+                continue
+            if await self._redis.exists(redis_keys.node_alive(self._prefix, node_id)):
+                continue
+            removed = await self._presence.remove_node(node_id)
+            for channel, member in removed:
+                await self._announce_leave(channel, member)
+            await self._redis.srem(redis_keys.nodes(self._prefix), node_id)
+            logger.info("node %s is gone: removed %d presence entries", node_id, len(removed))
