@@ -1,0 +1,109 @@
+"""Real ``tidings serve`` processes for the browser tests.
+
+Each node is a subprocess on a free port of 127.0.0.1, in dev mode (so the web UI
+can sign in through ``POST /api/dev/token``) with a shared JWT secret (so a token
+from one node is good on every node). Nodes are stopped by the pid we started:
+terminate → wait → kill, even when a test fails. The browser helpers take only
+URLs, so they work the same against these single nodes and against cluster nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..support.ports import free_port
+from ..support.timing import UNIT, wait_until_sync
+
+__all__ = ["E2E_JWT_SECRET", "ServedNode", "serve_node", "start_node", "stop_node"]
+
+E2E_JWT_SECRET = "e2e-secret-which-is-long-enough-for-hs256-tokens"
+_TIDINGS = Path(sys.executable).with_name("tidings")
+
+
+@dataclass
+class ServedNode:
+    node_id: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+
+def _healthy(node: ServedNode) -> bool:
+    if node.process.poll() is not None:
+        raise AssertionError(
+            f"node {node.node_id} exited with {node.process.returncode}; see {node.log_path}"
+        )
+    try:
+        with urllib.request.urlopen(f"{node.http_url}/healthz", timeout=UNIT) as response:
+            return bool(json.load(response).get("node") == node.node_id)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def start_node(
+    node_id: str, log_dir: Path, *, port: int | None = None, env: Mapping[str, str] | None = None
+) -> ServedNode:
+    """Start ``tidings serve`` on ``port`` (a free one by default) and wait until it answers /healthz."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
+    environ.update(
+        {"TIDINGS_DEV": "1", "TIDINGS_JWT_SECRET": E2E_JWT_SECRET, "TIDINGS_NODE_ID": node_id, **(env or {})}
+    )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{node_id}.log"
+    chosen = free_port() if port is None else port
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(_TIDINGS), "serve", "--host", "127.0.0.1", "--port", str(chosen), "--log-level", "warning"],
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    node = ServedNode(node_id, chosen, process, log_path)
+    try:
+        wait_until_sync(lambda: _healthy(node), timeout=15 * UNIT, what=f"node {node_id} to answer /healthz")
+    except BaseException:
+        stop_node(node)
+        raise
+    return node
+
+
+def stop_node(node: ServedNode, *, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Stop the node we started (SIGTERM, or ``sig``), then wait; kill it if it does not end in time."""
+    if node.process.poll() is None:
+        node.process.send_signal(sig)
+        try:
+            node.process.wait(timeout=10 * UNIT)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        node.process.wait(timeout=10 * UNIT)
+
+
+@contextlib.contextmanager
+def serve_node(
+    node_id: str, log_dir: Path, *, port: int | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[ServedNode]:
+    """A node for the duration of the block."""
+    node = start_node(node_id, log_dir, port=port, env=env)
+    try:
+        yield node
+    finally:
+        stop_node(node)
