@@ -1,0 +1,115 @@
+"""What the kernel says about a node process: CPU seconds, resident memory, and which pid listens on a port.
+
+Linux only (``/proc``). The ``parse_*`` functions are pure, so they are unit-tested on
+sample text; the others read ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+__all__ = [
+    "busy_seconds",
+    "cpu_seconds",
+    "listener_pids",
+    "parse_busy_ticks",
+    "parse_listening_inodes",
+    "parse_stat_cpu_ticks",
+    "parse_vmrss_kib",
+    "rss_kib",
+]
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
+
+
+def parse_stat_cpu_ticks(text: str) -> int:
+    """utime + stime, in clock ticks, from the text of ``/proc/<pid>/stat``.
+
+    The command name (field 2) may hold spaces and parentheses, so fields are
+    counted from the last ``)``: utime and stime are fields 14 and 15 (proc(5)).
+    """
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def parse_vmrss_kib(text: str) -> int:
+    """VmRSS in KiB from the text of ``/proc/<pid>/status``."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError("no VmRSS line (a kernel thread, or the process is gone)")
+
+
+def parse_listening_inodes(text: str, port: int) -> set[int]:
+    """Socket inodes listening on ``port``, from the text of ``/proc/net/tcp`` or ``/proc/net/tcp6``."""
+    inodes = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 10 or parts[3] != _LISTEN:
+            continue
+        local_port = int(parts[1].rsplit(":", 1)[1], 16)
+        if local_port == port:
+            inodes.add(int(parts[9]))
+    return inodes
+
+
+def parse_busy_ticks(text: str) -> int:
+    """Clock ticks all CPUs spent busy (not idle, not waiting for I/O), from the text of ``/proc/stat``."""
+    fields = [int(v) for v in text.splitlines()[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user.
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy so far (every process, every core)."""
+    with open("/proc/stat") as fh:
+        return parse_busy_ticks(fh.read()) / _TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return parse_stat_cpu_ticks(fh.read()) / _TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident set size in KiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        return parse_vmrss_kib(fh.read())
+
+
+def listener_pids(port: int, *, proc: str = "/proc") -> list[int]:
+    """The pids holding a socket that listens on TCP ``port`` (several with SO_REUSEPORT).
+
+    Needs to read other processes' ``fd`` directories: the same user, or root.
+    """
+    inodes: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/net/{name}") as fh:
+                inodes |= parse_listening_inodes(fh.read(), port)
+        except FileNotFoundError:
+            continue
+    return sorted(_pids_holding(inodes, proc)) if inodes else []
+
+
+def _pids_holding(inodes: Iterable[int], proc: str) -> set[int]:
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    pids = set()
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"{proc}/{entry}/fd")
+        except OSError:  # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{proc}/{entry}/fd/{fd}") in targets:
+                    pids.add(int(entry))
+                    break
+            except OSError:
+                continue
+    return pids
