@@ -164,11 +164,16 @@ class Connection:
             timeout=10,
         )
         subscribe = [
-            {"channel": channel, **({"since": self.positions[channel].encode()} if channel in self.positions else {})}
+            {
+                "channel": channel,
+                **({"since": self.positions[channel].encode()} if channel in self.positions else {}),
+            }
             for channel in sorted(self.channels)
         ]
         command_id = next(self._ids)
-        await socket.send(self.codec.encode({"id": command_id, "op": "connect", "token": token, "subscribe": subscribe}))
+        await socket.send(
+            self.codec.encode({"id": command_id, "op": "connect", "token": token, "subscribe": subscribe})
+        )
         # Read until the connect reply. Messages are taken strictly in order: publications that follow
         # the reply in the same frame must be seen after the reply's positions are applied.
         reply: dict[str, Any] | None = None
@@ -189,7 +194,11 @@ class Connection:
                         if "error" in reply:
                             await socket.close()
                             error = reply["error"]
-                            raise CallError(error.get("code", 500), error.get("message", ""), error.get("temporary", False))
+                            raise CallError(
+                                error.get("code", 500),
+                                error.get("message", ""),
+                                error.get("temporary", False),
+                            )
                         self._socket = socket
                         self.info = reply["result"]
                         for channel, state in self.info.get("channels", {}).items():
@@ -356,7 +365,9 @@ class Connection:
         async with asyncio.timeout(timeout):
             return await self._pushes.get()
 
-    async def publications(self, channel: str | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+    async def publications(
+        self, channel: str | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
         """The next publication push (of ``channel`` if given), skipping other pushes."""
         while True:
             push = await self.recv(timeout)

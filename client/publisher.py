@@ -7,13 +7,15 @@ silently.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Required, Self, TypedDict, Unpack
 
 import httpx
 
 from tidings.server.protocol import StreamPosition
 
-__all__ = ["AsyncPublisher", "PublishError", "Publisher"]
+__all__ = ["AsyncPublisher", "NotifyFields", "PublishError", "Publisher", "notify_body"]
 
 
 class PublishError(Exception):
@@ -33,6 +35,53 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+class NotifyFields(TypedDict, total=False):
+    """The arguments of ``notify`` (see :func:`notify_body`)."""
+
+    title: Required[str]
+    users: Sequence[str] | None
+    topic: str | None
+    all_users: bool
+    type: str
+    severity: str
+    body: str
+    data: Any
+    dedupe_key: str | None
+    deliver_at: float | str | datetime | None
+
+
+def notify_body(
+    *,
+    title: str,
+    users: Sequence[str] | None = None,
+    topic: str | None = None,
+    all_users: bool = False,
+    type: str = "notification",
+    severity: str = "info",
+    body: str = "",
+    data: Any = None,
+    dedupe_key: str | None = None,
+    deliver_at: float | str | datetime | None = None,
+) -> dict[str, Any]:
+    """The ``POST /api/notifications`` body; give exactly one of ``users``, ``topic``, ``all_users``.
+
+    ``deliver_at`` is epoch seconds, an ISO 8601 string or an aware ``datetime``; the gateway
+    checks everything.
+    """
+    result: dict[str, Any] = {"type": type, "severity": severity, "title": title, "body": body, "data": data}
+    if users is not None:
+        result["users"] = list(users)
+    if topic is not None:
+        result["topic"] = topic
+    if all_users:
+        result["all"] = True
+    if dedupe_key is not None:
+        result["dedupe_key"] = dedupe_key
+    if deliver_at is not None:
+        result["deliver_at"] = deliver_at.isoformat() if isinstance(deliver_at, datetime) else deliver_at
+    return result
+
+
 def _result(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
@@ -42,7 +91,9 @@ def _result(response: httpx.Response) -> dict[str, Any]:
         message = body.get("error", {}).get("message", "") if isinstance(body, dict) else response.text[:200]
         raise PublishError(response.status_code, message or response.reason_phrase)
     if not isinstance(body, dict):
-        raise PublishError(response.status_code, "the gateway answered with something else than a JSON object")
+        raise PublishError(
+            response.status_code, "the gateway answered with something else than a JSON object"
+        )
     return body
 
 
@@ -64,6 +115,13 @@ class Publisher:
         """Publish ``data`` to ``channel``; returns its position in the channel's history."""
         result = self.request("POST", "/api/publish", {"channel": channel, "data": data})
         return StreamPosition(result["epoch"], result["offset"])
+
+    def notify(self, **fields: Unpack[NotifyFields]) -> dict[str, Any]:
+        """Notify users (arguments as :func:`notify_body`); returns ``{id, recipients}``.
+
+        With ``dedupe_key`` a retry after an error or a timeout never notifies twice.
+        """
+        return self.request("POST", "/api/notifications", notify_body(**fields))
 
     def close(self) -> None:
         self._client.close()
@@ -93,6 +151,13 @@ class AsyncPublisher:
         """Publish ``data`` to ``channel``; returns its position in the channel's history."""
         result = await self.request("POST", "/api/publish", {"channel": channel, "data": data})
         return StreamPosition(result["epoch"], result["offset"])
+
+    async def notify(self, **fields: Unpack[NotifyFields]) -> dict[str, Any]:
+        """Notify users (arguments as :func:`notify_body`); returns ``{id, recipients}``.
+
+        With ``dedupe_key`` a retry after an error or a timeout never notifies twice.
+        """
+        return await self.request("POST", "/api/notifications", notify_body(**fields))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from .auth import check_api_key, issue_token
 from .backplane import BackplaneUnavailable
 from .commands import publication_dict
+from .metrics import metrics_endpoint
 from .protocol import MAX_HISTORY_LIMIT, ProtocolError, StreamPosition, check_channel, check_data
 from .state import NodeState
 
@@ -97,7 +99,9 @@ async def publish(request: Request, state: NodeState) -> Response:
     check_data(data)
     if len(json.dumps(data)) > state["settings"].max_message_size:
         raise ApiError(413, "data exceeds TIDINGS_MAX_MESSAGE_SIZE")
+    started = time.perf_counter()
     position = await state["backplane"].publish(channel, data)
+    state["runner"].metrics.publish_latency.observe(time.perf_counter() - started)
     assert position is not None
     return JSONResponse(position.encode())
 
@@ -193,9 +197,10 @@ async def dev_token(request: Request, state: NodeState) -> Response:
     if (
         not isinstance(user, str)
         or not 0 < len(user) <= 64
+        or not user.isascii()  # str.isalnum() takes "é"; user ids must name a channel (user:<id>)
         or not user.replace("-", "").replace("_", "").isalnum()
     ):
-        raise ApiError(400, "user must be 1-64 letters, digits, - or _")
+        raise ApiError(400, "user must be 1-64 ASCII letters, digits, - or _")
     return JSONResponse(
         {"token": issue_token(user, settings.jwt_secret.reveal(), ttl=12 * 3600), "user": user}
     )
@@ -224,4 +229,5 @@ def routes() -> list[Route]:
         Route("/api/dev/token", endpoint(dev_token, authenticated=False), methods=["POST"]),
         Route("/healthz", endpoint(healthz, authenticated=False), methods=["GET"]),
         Route("/readyz", endpoint(readyz, authenticated=False), methods=["GET"]),
+        Route("/metrics", endpoint(metrics_endpoint, authenticated=False), methods=["GET"]),
     ]

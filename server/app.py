@@ -20,16 +20,18 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .admission import serve_gateway
 from .api import routes
 from .auth import TokenVerifier
 from .backplane import Backplane, Publication
 from .backplane.memory import InMemoryBackplane
 from .commands import CommandRunner
 from .config import ConfigError, Secret, Settings
-from .connection import serve_websocket
 from .control import ControlPlane
 from .hub import Hub
 from .liveness import NodeLiveness
+from .notification_api import notification_routes
+from .notifications import start_notifications
 from .presence import InMemoryPresence, Presence, RedisPresence, announces_presence
 from .rooms import CachedRooms, InMemoryRooms, RedisRooms
 from .state import NodeState
@@ -100,6 +102,9 @@ async def start_node(
     await node_backplane.start(on_publication)
     stack.push_async_callback(node_backplane.close)
     await control.start()
+    # After the backplane: the stack stops the job worker first, while Redis and pub/sub still work.
+    notifier, job_queue, job_worker = await start_notifications(settings, redis_client, node_backplane, stack)
+    runner.notifier = notifier
     if redis_client is not None:
         liveness = NodeLiveness(
             redis_client,
@@ -121,6 +126,9 @@ async def start_node(
         "presence": presence,
         "rooms": rooms,
         "control": control,
+        "notifier": notifier,
+        "jobs": job_queue,
+        "job_worker": job_worker,
         "draining": asyncio.Event(),
     }
 
@@ -142,10 +150,8 @@ class _WebSocketGateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":
             state: NodeState = scope["state"]
-            if state["draining"].is_set():
-                await send({"type": "websocket.close", "code": 1013})
-                return
-            await serve_websocket(scope, receive, send, state["runner"])
+            # Refused with HTTP 503 while draining or full, so a load balancer retries another node.
+            await serve_gateway(scope, receive, send, state)
             return
         await self.app(scope, receive, send)
 
@@ -174,7 +180,11 @@ def create_app(settings: Settings, *, backplane: Backplane | None = None) -> Sta
 
     web_dir = Path(str(files("tidings.web")))
     return Starlette(
-        routes=[*routes(), Mount("/", app=StaticFiles(directory=web_dir, html=True), name="web")],
+        routes=[
+            *routes(),
+            *notification_routes(),
+            Mount("/", app=StaticFiles(directory=web_dir, html=True), name="web"),
+        ],
         middleware=[Middleware(_WebSocketGateway)],
         lifespan=lifespan,
     )

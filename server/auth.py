@@ -17,6 +17,7 @@ Errors:
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from enum import Enum
 from typing import Any
 
 import jwt
+
+from .protocol import ProtocolError, check_channel
 
 __all__ = ["Action", "AuthError", "Principal", "TokenVerifier", "check_api_key", "issue_token", "may"]
 
@@ -72,6 +75,10 @@ class TokenVerifier:
         """
         if len(token) > 8192:
             raise AuthError("token too long")
+        if not token.isascii():
+            # A JWT is base64url and dots; anything else is malformed (and PyJWT would raise
+            # UnicodeEncodeError on a lone surrogate instead of a PyJWTError).
+            raise AuthError("malformed token")
         last_error: AuthError | None = None
         for key, algorithms in self._keys:
             try:
@@ -79,7 +86,10 @@ class TokenVerifier:
                     token,
                     key,
                     algorithms=algorithms,
-                    options={"require": ["sub", "exp"], "verify_exp": False},
+                    # exp is checked below against ``now``; iat is informational: a token minted by a
+                    # server whose clock runs a little ahead must not be refused as "issued in the future".
+                    options={"require": ["sub", "exp"], "verify_exp": False, "verify_iat": False},
+                    leeway=self._leeway,
                 )
             except jwt.InvalidAlgorithmError:
                 last_error = AuthError("token algorithm not accepted")
@@ -87,6 +97,8 @@ class TokenVerifier:
             except jwt.InvalidSignatureError:
                 last_error = AuthError("bad token signature")
                 continue
+            except jwt.ImmatureSignatureError as exc:
+                raise AuthError("token not yet valid (nbf)") from exc
             except jwt.MissingRequiredClaimError as exc:
                 raise AuthError(f"token lacks the {exc.claim} claim") from exc
             except jwt.PyJWTError as exc:
@@ -96,15 +108,29 @@ class TokenVerifier:
 
     def _principal(self, claims: dict[str, Any], now: float) -> Principal:
         sub, exp, name = claims.get("sub"), claims.get("exp"), claims.get("name")
-        if not isinstance(sub, str) or not 0 < len(sub) <= _MAX_USER_LENGTH or ":" in sub:
-            raise AuthError("token sub must be a user id")
-        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+        # The user id names the personal channel user:<sub>, so it must make a valid channel name.
+        if (
+            not isinstance(sub, str)
+            or not 0 < len(sub) <= _MAX_USER_LENGTH
+            or ":" in sub
+            or not _is_channel(f"user:{sub}")
+        ):
+            raise AuthError("token sub must be a user id of letters, digits, '_', '.', '@' or '-'")
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not math.isfinite(exp):
             raise AuthError("token exp must be a number")
         if exp + self._leeway <= now:
             raise AuthError("token expired")
         if not isinstance(name, str) or not name:
             name = sub
         return Principal(sub, name[:100], float(exp))
+
+
+def _is_channel(name: str) -> bool:
+    try:
+        check_channel(name)
+    except ProtocolError:
+        return False
+    return True
 
 
 def issue_token(
@@ -138,9 +164,11 @@ def may(user: str, action: Action, channel: str) -> bool:
 
 def check_api_key(header: str | None, keys: Iterable[str]) -> bool:
     """Whether an ``Authorization: Bearer <key>`` header carries one of ``keys`` (constant-time compare)."""
-    if not header or not header.startswith("Bearer "):
+    # RFC 7235 2.1: the auth scheme is case-insensitive ("bearer" is as good as "Bearer").
+    scheme, _, credentials = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
         return False
-    offered = header[len("Bearer ") :].strip().encode()
+    offered = credentials.strip().encode()
     found = False
     for key in keys:
         found |= hmac.compare_digest(offered, key.encode())

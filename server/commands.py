@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .auth import AuthError, TokenVerifier
 from .backplane import Backplane, BackplaneUnavailable, Publication, Sender
@@ -20,9 +21,12 @@ from .config import Settings
 from .connection import Connection
 from .history import recover
 from .hub import Hub
+from .limits import ConnectionLimits
+from .metrics import NodeMetrics
 from .presence import Member, announces_presence, tracks_presence
 from .presence import Presence as PresenceStore
 from .protocol import (
+    CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHENTICATED,
     ERR_BACKPLANE,
     ERR_FORBIDDEN,
@@ -44,6 +48,9 @@ from .protocol import (
     ok_reply,
 )
 from .rooms import CachedRooms, room_name
+
+if TYPE_CHECKING:
+    from .notifications import Notifier
 
 __all__ = ["CommandRunner", "publication_dict"]
 
@@ -84,8 +91,13 @@ class CommandRunner:
         self.verifier = verifier
         self.presence = presence
         self.rooms = rooms
+        self.notifier: Notifier | None = None  # set by app.start_node; None: notifications are off
         self._client_prefix = f"{secrets.token_hex(3)}"
         self._client_counter = itertools.count(1)
+        self.limits = ConnectionLimits(
+            max_connections=settings.max_connections, max_user_connections=settings.max_user_connections
+        )
+        self.metrics = NodeMetrics()  # event counters for /metrics (metrics.py reads the rest at scrape time)
 
     def new_client_id(self) -> str:
         """A cluster-unique connection id (node-unique prefix plus a counter)."""
@@ -106,7 +118,7 @@ class CommandRunner:
 
     async def run(self, connection: Connection, command: Command) -> None:
         """Carry out ``command`` and queue its reply."""
-        releases: list[tuple[str, int]] = []
+        releases: list[tuple[str, StreamPosition]] = []
         try:
             result = await self._dispatch(connection, command, releases)
         except ProtocolError as exc:
@@ -121,11 +133,11 @@ class CommandRunner:
                 connection.send(ok_reply(command.id, result))
         finally:
             # Publications held during (re)subscribes follow the reply, never precede it.
-            for channel, offset in releases:
-                connection.release(channel, after=offset)
+            for channel, top in releases:
+                connection.release(channel, after=top)
 
     async def _dispatch(
-        self, connection: Connection, command: Command, releases: list[tuple[str, int]]
+        self, connection: Connection, command: Command, releases: list[tuple[str, StreamPosition]]
     ) -> dict[str, Any] | None:
         if isinstance(command, Connect):
             return await self._connect(connection, command, releases)
@@ -137,9 +149,11 @@ class CommandRunner:
         if isinstance(command, Publish):
             await self._check_room_access(connection, command.channel)
             sender = Sender(connection.session.user, connection.client_id)
+            started = time.perf_counter()
             position = await self.backplane.publish(
                 command.channel, command.data, sender=sender, ephemeral=command.ephemeral
             )
+            self.metrics.publish_latency.observe(time.perf_counter() - started)
             return {} if position is None else position.encode()
         if isinstance(command, History):
             await self._check_room_access(connection, command.channel)
@@ -152,18 +166,28 @@ class CommandRunner:
             members = await self.presence.members(command.channel)
             return {"members": [member.encode() for member in members]}
         if isinstance(command, (Notifications, Read)):
-            raise ProtocolError("notifications are not enabled on this node", code=ERR_NOT_FOUND)
+            if self.notifier is None:
+                raise ProtocolError("notifications are not enabled on this node", code=ERR_NOT_FOUND)
+            user = connection.session.user
+            if isinstance(command, Read):
+                return {"unread": await self.notifier.read(user, command.ids, read_all=command.all)}
+            return await self.notifier.page(
+                user, unread_only=command.unread_only, limit=command.limit, before=command.before
+            )
         if isinstance(command, Ping):
             return {}
         raise AssertionError(f"unhandled command {command!r}")  # decode_command returns only the types above
 
     async def _connect(
-        self, connection: Connection, command: Connect, releases: list[tuple[str, int]]
+        self, connection: Connection, command: Connect, releases: list[tuple[str, StreamPosition]]
     ) -> dict[str, Any] | None:
         try:
             principal = self.verifier.verify(command.token)
         except AuthError as exc:
             connection.close(CLOSE_UNAUTHENTICATED, str(exc))
+            return None
+        if not self.limits.add_user(principal.user):
+            connection.close(CLOSE_RATE_LIMITED, "too many connections for this user")
             return None
         session = connection.session
         session.open(principal)
@@ -171,21 +195,26 @@ class CommandRunner:
         channels: dict[str, Any] = {}
         wanted: dict[str, StreamPosition | None] = {f"user:{principal.user}": None}
         for request in command.subscribe:
-            wanted.setdefault(request.channel, request.since)
+            # A reconnecting client lists its personal channel with since: that position must count.
+            if wanted.get(request.channel) is None:
+                wanted[request.channel] = request.since
         for channel, since in wanted.items():
             if not session.may_subscribe(channel):
                 channels[channel] = {
                     "error": {"code": ERR_FORBIDDEN, "message": f"subscribe to {channel} is not allowed"}
                 }
                 continue
-            channels[channel] = await self._subscribe(connection, channel, since, releases)
+            try:
+                channels[channel] = await self._subscribe(connection, channel, since, releases)
+            except ProtocolError as exc:  # e.g. a private room: refused per channel, the connect succeeds
+                channels[channel] = {"error": {"code": exc.code, "message": exc.message}}
         return {
             "client": connection.client_id,
             "user": principal.user,
             "node": self.backplane.node_id,
             "ping_interval": self.settings.ping_interval,
             "channels": channels,
-            "unread": 0,
+            "unread": await self.notifier.check_in(principal.user) if self.notifier is not None else 0,
         }
 
     async def _subscribe(
@@ -193,7 +222,7 @@ class CommandRunner:
         connection: Connection,
         channel: str,
         since: StreamPosition | None,
-        releases: list[tuple[str, int]],
+        releases: list[tuple[str, StreamPosition]],
     ) -> dict[str, Any]:
         await self._check_room_access(connection, channel)
         # Hold live publications from the moment the backplane delivers them until the reply is queued,
@@ -222,7 +251,7 @@ class CommandRunner:
             await self.hub.unsubscribe(channel, connection)
             raise
         connection.session.add_channel(channel)
-        releases.append((channel, top.offset))
+        releases.append((channel, top))
         if tracks_presence(channel):
             await self._add_presence(connection, channel)
         return result
@@ -271,8 +300,10 @@ class CommandRunner:
         """Clean up after a connection ended, however it ended."""
         connection.closed = True
         self.hub.unregister(connection)
+        self.metrics.connection_ended(connection.close_code, connection.dropped_frames)
         if connection.session.principal is None:
             return
+        self.limits.remove_user(connection.session.user)
         for channel in list(connection.session.channels):
             try:
                 await self.drop_subscription(connection, channel)

@@ -7,6 +7,7 @@ differently configured apps.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -40,7 +41,10 @@ class Secret:
         return "Secret('**********')"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
+        # compare_digest refuses non-ASCII str; bytes work for any secret.
+        return isinstance(other, Secret) and secrets.compare_digest(
+            self._value.encode(), other._value.encode()
+        )
 
     def __hash__(self) -> int:
         return hash(self._value)
@@ -68,9 +72,25 @@ class Settings:
     connect_timeout: float = 10.0  # a socket must send connect within this
     ping_interval: float = 25.0  # WebSocket ping interval (dead peer detection)
     ping_timeout: float = 20.0
+    max_connections: int = 100_000  # open WebSockets on this node; more get HTTP 503 (limits.py)
+    max_user_connections: int = 100  # sessions of one user on this node; more are closed with 4029
+    command_rate: float = 50.0  # commands a second per connection; over it: 429, then close 4029
+    command_burst: int = 100  # commands a connection may send at once before the rate applies
+    drain_timeout: float = 30.0  # SIGTERM to exit, at most (drain.py)
+    drain_batch_size: int = 100  # connections told to reconnect at once while draining
+    drain_interval: float = 0.25  # pause between two such batches
+    log_format: str = "text"  # "json": one JSON object per line with node and connection ids (logs.py)
     history_size: int = 1000  # publications kept per channel
     history_ttl: float = 86400.0  # seconds a channel's history lives after its last publication
     history_overrides: Mapping[str, HistoryPolicy] = field(default_factory=dict)  # per namespace
+    jobs: bool = True  # TIDINGS_JOBS=off: this node enqueues jobs but never takes one (jobs.py)
+    job_visibility_timeout: float = 30.0  # a job untouched this long (its node died) goes to another node
+    job_max_attempts: int = 5  # failed runs before a job goes to the dead-letter stream
+    job_retry_backoff: float = 1.0  # seconds before the first retry; doubles with each failure
+    fanout_batch_size: int = 500  # inboxes per batch of a topic/all fan-out job
+    fanout_batch_interval: float = 0.0  # pause between fan-out batches (spares Redis on huge topics)
+    inbox_size: int = 1000  # notifications kept per user (the oldest go first)
+    inbox_ttl: float = 30 * 86400.0  # seconds an inbox lives after its last notification
 
     def history_policies(self) -> dict[str, HistoryPolicy]:
         """History policy per namespace; the key "" is the default."""
@@ -82,6 +102,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "TIDINGS_") -> Settings:
         """Build settings from ``environ`` (default ``os.environ``); unknown variables are ignored.
 
+        An empty variable counts as unset (``TIDINGS_X=`` in a compose file keeps the default).
+
         Raises:
             ConfigError: a variable cannot be parsed; the message names it.
         """
@@ -92,25 +114,31 @@ class Settings:
             if name not in env or f.name == "history_overrides":
                 continue
             raw = env[name].strip()
+            if not raw:
+                continue
             try:
                 values[f.name] = _parse(f.name, raw)
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:  # OSError: a key file that cannot be read
                 raise ConfigError(f"{name}: {exc}") from exc
-        if prefix + "JWT_SECRET" not in env and prefix + "JWT_SECRET_FILE" in env:
-            with open(env[prefix + "JWT_SECRET_FILE"]) as fh:
-                values["jwt_secret"] = Secret(fh.read().strip())
+        secret_file = env.get(prefix + "JWT_SECRET_FILE", "").strip()
+        if "jwt_secret" not in values and secret_file:
+            try:
+                with open(secret_file) as fh:
+                    values["jwt_secret"] = Secret(fh.read().strip())
+            except OSError as exc:
+                raise ConfigError(f"{prefix}JWT_SECRET_FILE: {exc}") from exc
         overrides = {}
+        default_size = values.get("history_size", cls.history_size)
+        default_ttl = values.get("history_ttl", cls.history_ttl)
         for namespace in NAMESPACES:
-            size = env.get(f"{prefix}HISTORY_SIZE_{namespace.upper()}")
-            ttl = env.get(f"{prefix}HISTORY_TTL_{namespace.upper()}")
-            if size is not None or ttl is not None:
-                try:
-                    overrides[namespace] = HistoryPolicy(
-                        int(size) if size is not None else values.get("history_size", cls.history_size),
-                        float(ttl) if ttl is not None else values.get("history_ttl", cls.history_ttl),
-                    )
-                except ValueError as exc:
-                    raise ConfigError(f"{prefix}HISTORY_*_{namespace.upper()}: {exc}") from exc
+            size_name = f"{prefix}HISTORY_SIZE_{namespace.upper()}"
+            ttl_name = f"{prefix}HISTORY_TTL_{namespace.upper()}"
+            size, ttl = env.get(size_name, "").strip(), env.get(ttl_name, "").strip()
+            if size or ttl:
+                overrides[namespace] = HistoryPolicy(
+                    _parse_number(size_name, size, int) if size else default_size,
+                    _parse_number(ttl_name, ttl, float) if ttl else default_ttl,
+                )
         values["history_overrides"] = overrides
         settings = cls(**values)
         settings.check()
@@ -118,14 +146,51 @@ class Settings:
 
     def check(self) -> None:
         """Raise ConfigError for values that parse but make no sense."""
-        for name in ("max_message_size", "outbox_size", "max_channels", "history_size"):
+        for name in _POSITIVE_INTS:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"TIDINGS_{name.upper()} must be positive")
+        for name in _POSITIVE_SECONDS:
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"TIDINGS_{name.upper()} must be a positive number of seconds")
+        for namespace, policy in self.history_overrides.items():
+            if policy.size <= 0 or not 0 < policy.ttl < math.inf:
+                raise ConfigError(f"TIDINGS_HISTORY_SIZE_{namespace.upper()} and _TTL_ must be positive")
+        if not 0 <= self.drain_interval < math.inf:
+            raise ConfigError("TIDINGS_DRAIN_INTERVAL must be a number of seconds")
+        if not 0 <= self.fanout_batch_interval < math.inf:
+            raise ConfigError("TIDINGS_FANOUT_BATCH_INTERVAL must be a number of seconds")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("TIDINGS_LOG_FORMAT must be text or json")
         if self.outbox_size < self.max_message_size:
             raise ConfigError("TIDINGS_OUTBOX_SIZE must be at least TIDINGS_MAX_MESSAGE_SIZE")
         if not self.key_prefix or "{" in self.key_prefix or "}" in self.key_prefix:
             raise ConfigError("TIDINGS_KEY_PREFIX must be non-empty and hold no braces")
 
+
+_POSITIVE_INTS = (
+    "max_message_size",
+    "outbox_size",
+    "max_channels",
+    "history_size",
+    "max_connections",
+    "max_user_connections",
+    "command_burst",
+    "drain_batch_size",
+    "job_max_attempts",
+    "fanout_batch_size",
+    "inbox_size",
+)
+_POSITIVE_SECONDS = (
+    "connect_timeout",
+    "ping_interval",
+    "ping_timeout",
+    "history_ttl",
+    "command_rate",  # per second, but the same rule
+    "drain_timeout",
+    "job_visibility_timeout",
+    "job_retry_backoff",
+    "inbox_ttl",
+)
 
 _BOOLS = {
     "1": True,
@@ -137,6 +202,13 @@ _BOOLS = {
     "no": False,
     "off": False,
 }
+
+
+def _parse_number(name: str, raw: str, kind: type[int] | type[float]) -> Any:
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
 def _parse(name: str, raw: str) -> Any:
@@ -153,12 +225,12 @@ def _parse(name: str, raw: str) -> Any:
         return raw.replace("\\n", "\n") or None
     if name in ("redis_url",):
         return raw or None
-    if name == "dev":
+    if name in ("dev", "jobs"):
         if raw.lower() not in _BOOLS:
             raise ValueError(f"expected a boolean, got {raw!r}")
         return _BOOLS[raw.lower()]
-    if name in ("max_message_size", "outbox_size", "max_channels", "history_size"):
+    if name in _POSITIVE_INTS:
         return int(raw)
-    if name in ("connect_timeout", "ping_interval", "ping_timeout", "history_ttl"):
+    if name in (*_POSITIVE_SECONDS, "drain_interval", "fanout_batch_interval"):
         return float(raw)
     return raw

@@ -18,15 +18,20 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .backplane import Publication
+from .limits import CommandLimiter, Verdict
+from .logs import bind_connection
 from .protocol import (
     CLOSE_PROTOCOL_VIOLATION,
+    CLOSE_RATE_LIMITED,
     CLOSE_TOO_SLOW,
     CLOSE_UNAUTHENTICATED,
+    ERR_RATE_LIMITED,
     ERR_UNAUTHENTICATED,
     Codec,
     Disconnect,
     Frame,
     ProtocolError,
+    StreamPosition,
     decode_command,
     error_reply,
 )
@@ -63,14 +68,18 @@ class Connection:
         "__weakref__",
         "_asgi_send",
         "_closing",
+        "_floor",
         "_held",
         "_outbox",
         "_outbox_bytes",
         "_outbox_size",
         "_writer",
         "client_id",
+        "close_code",
         "closed",
         "codec",
+        "dropped_frames",
+        "limiter",
         "session",
     )
 
@@ -87,7 +96,14 @@ class Connection:
         self._outbox_size = outbox_size
         self._writer: asyncio.Task[None] | None = None
         self._held: dict[str, list[tuple[Publication, Frame]]] | None = None
+        # Per channel, the highest offset already sent since its (re)subscribe. A node that is repairing
+        # a pub/sub gap may still hand on older publications afterwards; they are dropped here. The
+        # entry goes away with the first newer publication, so steady state costs one None check.
+        self._floor: dict[str, tuple[str, int]] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self.limiter: CommandLimiter | None = None  # set by serve_websocket; None: no rate limit
+        self.close_code: int | None = None  # the code the server closed with (for /metrics)
+        self.dropped_frames = 0  # frames never sent because of a close (for /metrics)
 
     # --- outgoing ----------------------------------------------------------------------------------
 
@@ -100,6 +116,7 @@ class Connection:
             return
         size = len(frame)
         if self._outbox_bytes + size > self._outbox_size:
+            self.dropped_frames += 1
             self.close(CLOSE_TOO_SLOW, "too slow: outbox full")
             return
         self._outbox.append(frame)
@@ -114,6 +131,14 @@ class Connection:
             if held is not None:
                 held.append((publication, frame))
                 return
+        if self._floor is not None and publication.offset is not None:
+            floor = self._floor.get(publication.channel)
+            if floor is not None:
+                if publication.epoch == floor[0] and publication.offset <= floor[1]:
+                    return  # already sent (in a subscribe reply or released after it)
+                del self._floor[publication.channel]
+                if not self._floor:
+                    self._floor = None
         self.send_frame(frame)
 
     def hold(self, channel: str) -> None:
@@ -122,7 +147,7 @@ class Connection:
             self._held = {}
         self._held[channel] = []
 
-    def release(self, channel: str, *, after: int | None) -> None:
+    def release(self, channel: str, *, after: StreamPosition | None) -> None:
         """Send what was held for ``channel``, skipping offsets up to ``after`` (already sent in a reply).
 
         ``after`` None drops what was held (the subscription failed).
@@ -134,9 +159,16 @@ class Connection:
             self._held = None
         if after is None:
             return
+        floor = after.offset
         for publication, frame in held:
-            if publication.offset is None or publication.offset > after:
+            if publication.offset is None:
                 self.send_frame(frame)
+            elif publication.epoch != after.epoch or publication.offset > floor:
+                floor = max(floor, publication.offset) if publication.epoch == after.epoch else floor
+                self.send_frame(frame)
+        if self._floor is None:
+            self._floor = {}
+        self._floor[channel] = (after.epoch, floor)
 
     async def _drain(self) -> None:
         key = "text" if self.codec is Codec.JSON else "bytes"
@@ -155,7 +187,9 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.close_code = code
         self.session.close()
+        self.dropped_frames += len(self._outbox)
         self._outbox.clear()
         self._outbox_bytes = 0
         writer, self._writer = self._writer, None
@@ -179,10 +213,10 @@ class Connection:
             async with asyncio.timeout(_CLOSE_GRACE):
                 await self._asgi_send({"type": "websocket.send", key: self.codec.encode(disconnect.push())})
                 await self._asgi_send({"type": "websocket.close", "code": code, "reason": reason})
+        except TimeoutError:  # before OSError, of which it is a subclass
+            self._abort_transport()
         except (OSError, RuntimeError):
             pass  # already gone
-        except TimeoutError:
-            self._abort_transport()
 
     def _abort_transport(self) -> None:
         # A client that does not read cannot take a close frame either. Minor layering violation:
@@ -208,14 +242,19 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
     await send({"type": "websocket.accept", "subprotocol": codec.value if codec.value in offered else None})
 
     client_id = runner.new_client_id()
+    bind_connection(client_id)  # every log record of this task carries the connection id (logs.py)
     session = Session(client_id, max_channels=settings.max_channels)
     connection = Connection(client_id, codec, send, outbox_size=settings.outbox_size, session=session)
+    connection.limiter = CommandLimiter(settings.command_rate, settings.command_burst, now=time.monotonic())
     expiry: asyncio.TimerHandle | None = None
     try:
         async with asyncio.timeout(settings.connect_timeout):
-            message = await receive()
-            if not await _handle_frame(message, connection, runner):
-                return
+            # Until a connect succeeds, the deadline holds: a connect answered with an error reply
+            # (500, 503) may be retried, but an unauthenticated socket never outlives connect_timeout.
+            while session.state is State.CONNECTING:
+                message = await receive()
+                if not await _handle_frame(message, connection, runner):
+                    return
         if session.state is State.OPEN and session.principal is not None:
             expiry = asyncio.get_running_loop().call_later(
                 max(0.0, session.principal.expires_at - time.time()),
@@ -246,6 +285,11 @@ async def _handle_frame(message: Message, connection: Connection, runner: Comman
         frame = message.get("bytes")
     if frame is None or connection.closed:
         return not connection.closed
+    # Every frame counts against the rate, valid or not: 429 while over it, close 4029 if that goes on.
+    verdict = connection.limiter.check(time.monotonic()) if connection.limiter else Verdict.ALLOW
+    if verdict is Verdict.CLOSE:
+        connection.close(CLOSE_RATE_LIMITED, "rate limited: too many commands")
+        return False
     try:
         command = decode_command(frame, connection.codec, max_size=runner.settings.max_message_size)
         connection.session.check(command)
@@ -259,6 +303,10 @@ async def _handle_frame(message: Message, connection: Connection, runner: Comman
             connection.close(exc.close_code, exc.message)
             return False
         connection.send(error_reply(exc.id or 0, exc.code, exc.message))
+        return True
+    if verdict is Verdict.REJECT:
+        runner.metrics.rate_limited += 1
+        connection.send(error_reply(command.id, ERR_RATE_LIMITED, "rate limited: slow down", temporary=True))
         return True
     await runner.run(connection, command)
     return not connection.closed

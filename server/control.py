@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .backplane import Backplane, Publication
+from .backplane import Backplane, BackplaneUnavailable, Publication
 from .connection import Connection
 from .hub import Hub
 from .protocol import CLOSE_FORBIDDEN, close_reconnects
@@ -56,8 +57,29 @@ class ControlPlane:
         return [CLUSTER_CHANNEL, node_channel(self._backplane.node_id)]
 
     async def start(self) -> None:
-        for channel in self.channels:
-            await self._backplane.subscribe(channel)
+        """Subscribe the control channels; while the backplane is down, keep trying in the background.
+
+        A node must come up even when Redis is briefly unreachable (it reports not ready meanwhile).
+        """
+        try:
+            for channel in self.channels:
+                await self._backplane.subscribe(channel)
+        except BackplaneUnavailable:
+            logger.warning("control channels not subscribed yet: backplane unavailable; retrying")
+            self._spawn(self._subscribe_until_done())
+
+    async def _subscribe_until_done(self) -> None:
+        delay = 0.2
+        while True:
+            await asyncio.sleep(delay + random.uniform(0, delay))
+            try:
+                for channel in self.channels:
+                    await self._backplane.subscribe(channel)
+            except BackplaneUnavailable:
+                delay = min(delay * 2, 5.0)
+                continue
+            logger.info("control channels subscribed")
+            return
 
     async def broadcast(self, op: str, **fields: Any) -> None:
         await self._backplane.publish(CLUSTER_CHANNEL, {"op": op, **fields}, ephemeral=True)

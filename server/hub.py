@@ -49,6 +49,7 @@ class Hub:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.connections: dict[str, Subscriber] = {}
         self.deliveries = 0  # frames queued for subscribers, for /metrics
+        self.publications = 0  # publications handed to deliver(), for /metrics
 
     # --- registry ----------------------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class Hub:
 
     def deliver(self, publication: Publication) -> None:
         """Queue ``publication`` for every local subscriber of its channel (the backplane's handler)."""
+        self.publications += 1
         subscribers = self._channels.get(publication.channel)
         if not subscribers:
             return
@@ -142,4 +144,10 @@ def _event_push(publication: Publication) -> dict[str, Any]:
     data = publication.data
     if isinstance(data, dict) and data.get("push") in ("join", "leave"):
         return {"push": data["push"], "channel": publication.channel, "member": data.get("member")}
+    if (
+        isinstance(data, dict)
+        and data.get("push") in ("notification", "unread")
+        and publication.channel.startswith("user:")
+    ):
+        return data  # notifications.py built the whole push (notification_push, unread_push)
     return publication_push(publication.channel, "", None, data, None, publication.ts)

@@ -63,7 +63,10 @@ class NodeLiveness:
         self._sweep_lease = Lease(client, redis_keys.lease(key_prefix, "node-sweep"), ttl=max(ttl, 5.0))
 
     async def start(self) -> None:
-        await self._beat(first=True)
+        try:
+            await self._beat(first=True)
+        except (RedisError, OSError):
+            logger.warning("first heartbeat of node %s failed: Redis unreachable; retrying", self.node_id)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._heartbeat_forever(), name="tidings-heartbeat"),

@@ -340,7 +340,8 @@ def _parse_frame(frame: bytes | str, codec: Codec) -> Any:
     if isinstance(frame, str):
         raise ProtocolError("text frame on a MessagePack connection", close_code=CLOSE_PROTOCOL_VIOLATION)
     try:
-        return msgpack.unpackb(frame, raw=False, strict_map_key=True, max_buffer_size=len(frame) + 1)
+        # unpackb bounds every string, array and map by the frame's own length (frames are size-checked).
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError("frame is not valid MessagePack", close_code=CLOSE_PROTOCOL_VIOLATION) from exc
 
@@ -439,10 +440,17 @@ def check_channel(value: object) -> str:
 
 
 def check_data(value: Any, depth: int = 0) -> None:
-    # Payloads must survive both encodings: reject what JSON cannot carry.
+    """Raise ProtocolError (400) unless ``value`` survives both encodings unchanged.
+
+    Allowed: null, booleans, 64-bit integers, finite floats, valid Unicode strings,
+    lists, and objects with string keys, nested at most 32 deep.
+    """
     if depth > 32:
         raise ProtocolError("data is nested too deeply")
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _check_text(value)
         return
     if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
@@ -460,9 +468,20 @@ def check_data(value: Any, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ProtocolError("data keys must be strings")
+            _check_text(key)
             check_data(item, depth + 1)
         return
     raise ProtocolError("data must be JSON-compatible (no binary)")
+
+
+def _check_text(value: str) -> None:
+    # JSON's "\ud800" escape decodes to a lone surrogate, which no UTF-8 frame (and no MessagePack
+    # str) can carry: one such string would break the shared frame of every subscriber.
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ProtocolError("data holds a string that is not valid Unicode (lone surrogate)") from exc
 
 
 def _is_int(value: object) -> TypeGuard[int]:

@@ -10,7 +10,6 @@ a safety net for an invalidation lost with a pub/sub reconnect.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis

@@ -72,7 +72,11 @@ class Session:
                     f"expected connect as the first command, got {command.op}",
                     close_code=CLOSE_PROTOCOL_VIOLATION,
                 )
-            self._check_subscriptions(channel.channel for channel in command.subscribe)
+            wanted = {request.channel for request in command.subscribe}
+            if not any(channel.startswith("user:") for channel in wanted):
+                # The personal channel is subscribed on connect too; a reconnecting client lists it itself.
+                wanted.add("user:")
+            self._check_subscriptions(wanted)
             return
         if isinstance(command, Connect):
             raise ProtocolError("already connected", code=ERR_BAD_REQUEST, id=command.id)

@@ -10,6 +10,8 @@ from .commands import CommandRunner
 from .config import Settings
 from .control import ControlPlane
 from .hub import Hub
+from .jobs import JobQueue, JobWorker
+from .notifications import Notifier
 from .presence import Presence
 from .rooms import CachedRooms
 
@@ -24,4 +26,7 @@ class NodeState(TypedDict):
     presence: Presence
     rooms: CachedRooms
     control: ControlPlane
+    notifier: Notifier
+    jobs: JobQueue
+    job_worker: JobWorker | None  # None: TIDINGS_JOBS=off
     draining: asyncio.Event  # set on shutdown: /readyz fails and new sockets are refused

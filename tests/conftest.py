@@ -9,6 +9,9 @@ import pytest
 from tidings.server.auth import issue_token
 
 from .support.node import SECRET, RunningNode, run_node, test_settings
+from .support.redis_server import key_prefix, redis_client, redis_url
+
+__all__ = ["key_prefix", "redis_client", "redis_url"]  # fixtures shared by every test module
 
 
 @pytest.fixture

@@ -50,12 +50,14 @@ def test_settings(**overrides: object) -> Settings:
 @contextlib.asynccontextmanager
 async def run_node(settings: Settings, *, backplane: Backplane | None = None) -> AsyncIterator[RunningNode]:
     """Serve one node on a free port until the block ends."""
-    sock = socket.socket()
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else Nagle + delayed ACK: ~40 ms per HTTP reply).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
         create_app(settings, backplane=backplane),
         ws="websockets-sansio",
+        ws_per_message_deflate=False,  # as `tidings serve` (cli.py)
         ws_max_size=max(4 * settings.max_message_size, 1 << 20),
         lifespan="on",
         log_level="warning",

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 UNIT = float(os.environ.get("TESTS_TIMEOUT_FACTOR", "1"))  # seconds
 
 
-async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], *, timeout: float = 5 * UNIT,
-                     what: str = "condition") -> None:
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], *, timeout: float = 5 * UNIT, what: str = "condition"
+) -> None:
     """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -25,7 +26,9 @@ async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], *, timeout
         await asyncio.sleep(0.02)
 
 
-def wait_until_sync(predicate: Callable[[], bool], *, timeout: float = 5 * UNIT, what: str = "condition") -> None:
+def wait_until_sync(
+    predicate: Callable[[], bool], *, timeout: float = 5 * UNIT, what: str = "condition"
+) -> None:
     """Blocking variant of :func:`wait_until` for fixtures that run outside the event loop."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -1,0 +1,122 @@
+"""``tidings up --nodes 2``: embedded Valkey plus two nodes, one shared port; Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tidings.server.valkey import find_server_binary
+
+from ..support.ports import free_port
+from ..support.timing import UNIT, wait_until_sync
+
+pytestmark = [pytest.mark.cluster, pytest.mark.redis]
+
+
+def port_range(size: int) -> int:
+    """A port P such that P .. P + size - 1 are free right now."""
+    for _ in range(50):
+        base = free_port()
+        if base + size > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError("no free port range")
+
+
+def healthz(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2.0) as response:
+            node = json.loads(response.read()).get("node")
+    except (OSError, ValueError):
+        return None
+    return node if isinstance(node, str) else None
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status  # a zombie no longer runs; its parent (init) reaps it
+
+
+def test_up_starts_two_nodes_on_a_shared_port_and_stops_cleanly_on_sigint() -> None:
+    if find_server_binary() is None and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        pytest.skip("no Valkey/Redis server binary")
+    port = port_range(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}  # the embedded Valkey
+    with tempfile.TemporaryFile() as output:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "tidings.server", "up", "--nodes", "2", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+        def printed() -> str:
+            output.seek(0)
+            return output.read().decode(errors="replace")
+
+        try:
+            wait_until_sync(
+                lambda: (
+                    (healthz(port + 1) == "node-1" and healthz(port + 2) == "node-2") or up.poll() is not None
+                ),
+                timeout=30 * UNIT,
+                what="both nodes to answer /healthz",
+            )
+            assert up.poll() is None, printed()
+            wait_until_sync(lambda: healthz(port) in ("node-1", "node-2"), what="the shared port to answer")
+            wait_until_sync(lambda: "Ctrl-C" in printed(), what="the URLs to be printed")
+            text = printed()
+            assert f"http://127.0.0.1:{port}/" in text and "node-2" in text
+            data_dir = re.search(r"data in (\S+)\)", text)
+            assert data_dir is not None and Path(data_dir.group(1)).is_dir()
+            started = children_of(up.pid)
+            assert len(started) == 3  # Valkey and two nodes
+
+            up.send_signal(signal.SIGINT)
+            assert up.wait(20 * UNIT) == 0, printed()
+            wait_until_sync(lambda: all(gone(pid) for pid in started), what="every child to be gone")
+            assert not Path(data_dir.group(1)).exists()
+            started_at = time.monotonic()
+            wait_until_sync(lambda: healthz(port) is None, what="the shared port to close")
+            assert time.monotonic() - started_at < 5 * UNIT
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- tidings up printed:\n{printed()[-4000:]}") from exc
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.wait()
