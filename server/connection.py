@@ -2,11 +2,12 @@
 
 A reader loop (the ASGI task itself) receives frames, checks them with the pure
 session and hands them to ``commands``. Outgoing frames go through a bounded
-outbox counted in bytes; a writer task exists only while the outbox is not
-empty and sends everything queued as ONE frame each time it wakes (JSON joined
-by ``\\n``, MessagePack back to back). No timer adds delay: under bursts this
-coalesces, at low rates it costs nothing. An idle connection holds no task but
-its reader (DESIGN.md "Performance shape").
+outbox counted in bytes. Queuing the first frame schedules one flush callback
+(``call_soon``), which sends everything queued by then as ONE frame (JSON joined
+by ``\\n``, MessagePack back to back), written straight to the transport
+(wire.py). Only when the socket is paused does a writer task wait for it. No
+timer adds delay: under bursts this coalesces, at low rates it costs nothing. An
+idle connection holds no task but its reader (DESIGN.md "Performance shape").
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .protocol import (
     error_reply,
 )
 from .session import Session, State
+from .wire import attach, wire_bytes
 
 if TYPE_CHECKING:
     from .commands import CommandRunner
@@ -68,7 +70,9 @@ class Connection:
         "__weakref__",
         "_asgi_send",
         "_closing",
+        "_direct",
         "_floor",
+        "_flush_scheduled",
         "_held",
         "_outbox",
         "_outbox_bytes",
@@ -95,6 +99,8 @@ class Connection:
         self._outbox_bytes = 0
         self._outbox_size = outbox_size
         self._writer: asyncio.Task[None] | None = None
+        self._direct = attach(asgi_send)  # the fast write path (wire.py), or None: ASGI send only
+        self._flush_scheduled = False
         self._held: dict[str, list[tuple[Publication, Frame]]] | None = None
         # Per channel, the highest offset already sent since its (re)subscribe. A node that is repairing
         # a pub/sub gap may still hand on older publications afterwards; they are dropped here. The
@@ -121,8 +127,23 @@ class Connection:
             return
         self._outbox.append(frame)
         self._outbox_bytes += size
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        if not self._flush_scheduled and self._writer is None:
+            # Flush once the current burst has been queued: everything queued until then leaves as
+            # one frame. A callback, not a task: a task per wake-up costs several microseconds.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed or not self._outbox or self._writer is not None:
+            return
+        frames = self._outbox
+        frame = frames[0] if len(frames) == 1 else self.codec.join(frames)
+        if self._direct is not None and self._direct.try_write(wire_bytes(frame)):
+            self._outbox, self._outbox_bytes = [], 0
+            return
+        # The socket is paused (the peer reads slowly) or closing: wait for it in a writer task.
+        self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def deliver(self, publication: Publication, frame: Frame) -> None:
         """A publication from the hub; held back while its channel is being subscribed."""
@@ -219,8 +240,11 @@ class Connection:
             pass  # already gone
 
     def _abort_transport(self) -> None:
-        # A client that does not read cannot take a close frame either. Minor layering violation:
-        # uvicorn's ASGI send is a bound method of its protocol object, which owns the transport.
+        # A client that does not read cannot take a close frame either.
+        if self._direct is not None:
+            self._direct.abort()
+            return
+        # Minor layering violation: uvicorn's ASGI send is a bound method of its protocol object.
         protocol = getattr(self._asgi_send, "__self__", None)
         transport = getattr(protocol, "transport", None)
         if transport is not None:

@@ -332,14 +332,15 @@ async def test_fan_out_rerun_after_a_crash_delivers_nothing_twice(setup: Setup) 
     job = Job(
         new_job_id(), NOTIFY_JOB, {"notification": notification.encode(), "audience": {"topic": "deploys"}}
     )
-    setup.notifier.batch_size, setup.notifier.batch_interval = 50, 0.05
+    # A long pause after each batch: the "crash" lands between two batches however slow the machine is.
+    setup.notifier.batch_size, setup.notifier.batch_interval = 50, 60.0
     crashed = asyncio.create_task(setup.notifier.run_job(job))
-    await wait_until(lambda: setup.notifier.delivered >= 200, what="fan-out halfway")
+    await wait_until(lambda: setup.notifier.delivered > 0, what="a first batch delivered")
     crashed.cancel()  # the node dies
     with contextlib.suppress(asyncio.CancelledError):
         await crashed
     halfway = setup.notifier.delivered
-    assert 200 <= halfway < 600
+    assert 0 < halfway < 600
     assert await setup.jobs.load_progress(job.id) is not None  # the checkpoint the re-run resumes from
     setup.notifier.batch_interval = 0.0
     await setup.notifier.run_job(job)  # another node re-runs it from the checkpoint
