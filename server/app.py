@@ -77,7 +77,17 @@ async def start_node(
     node_backplane = backplane if backplane is not None else make_backplane(settings)
     redis_client = None
     if settings.redis_url is not None:
-        redis_client = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # A bounded pool that makes callers wait for a free connection (up to the timeout) instead of
+        # failing: a thousand sockets closing at once must not open a thousand Redis connections.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=64,
+            timeout=5.0,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+        )
+        redis_client = aioredis.Redis(connection_pool=pool)
+        stack.push_async_callback(pool.disconnect)
         stack.push_async_callback(redis_client.aclose)
     presence: Presence = (
         RedisPresence(redis_client, key_prefix=settings.key_prefix) if redis_client else InMemoryPresence()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .auth import AuthError, TokenVerifier
 from .backplane import Backplane, BackplaneUnavailable, Publication, Sender
 from .config import Settings
-from .connection import Connection
+from .connection import Connection, Flusher
 from .history import recover
 from .hub import Hub
 from .limits import ConnectionLimits
@@ -90,6 +90,7 @@ class CommandRunner:
         self.hub = hub
         self.verifier = verifier
         self.presence = presence
+        self.flusher = Flusher()  # one flush callback per loop turn for all of this node's connections
         self.rooms = rooms
         self.notifier: Notifier | None = None  # set by app.start_node; None: notifications are off
         self._client_prefix = f"{secrets.token_hex(3)}"

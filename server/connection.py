@@ -42,7 +42,7 @@ from .wire import attach, wire_bytes
 if TYPE_CHECKING:
     from .commands import CommandRunner
 
-__all__ = ["Connection", "serve_websocket"]
+__all__ = ["Connection", "Flusher", "serve_websocket"]
 
 logger = logging.getLogger("tidings.connection")
 
@@ -52,6 +52,32 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _CLOSE_GRACE = 1.0  # seconds to get a close frame out before the transport is aborted
+
+
+class Flusher:
+    """Flushes, once per event-loop turn, every connection that queued something during that turn.
+
+    One per node (one event loop): a single ``call_soon`` for a whole fan-out instead of one per
+    subscriber.
+    """
+
+    __slots__ = ("_dirty", "_pending")
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._pending = False
+
+    def add(self, connection: Connection) -> None:
+        self._dirty.append(connection)
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._pending = False
+        for connection in dirty:
+            connection._flush()
 
 
 class Connection:
@@ -73,6 +99,7 @@ class Connection:
         "_direct",
         "_floor",
         "_flush_scheduled",
+        "_flusher",
         "_held",
         "_outbox",
         "_outbox_bytes",
@@ -88,7 +115,14 @@ class Connection:
     )
 
     def __init__(
-        self, client_id: str, codec: Codec, asgi_send: Send, *, outbox_size: int, session: Session
+        self,
+        client_id: str,
+        codec: Codec,
+        asgi_send: Send,
+        *,
+        outbox_size: int,
+        session: Session,
+        flusher: Flusher | None = None,
     ) -> None:
         self.client_id = client_id
         self.codec = codec
@@ -101,6 +135,7 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._direct = attach(asgi_send)  # the fast write path (wire.py), or None: ASGI send only
         self._flush_scheduled = False
+        self._flusher = flusher if flusher is not None else Flusher()
         self._held: dict[str, list[tuple[Publication, Frame]]] | None = None
         # Per channel, the highest offset already sent since its (re)subscribe. A node that is repairing
         # a pub/sub gap may still hand on older publications afterwards; they are dropped here. The
@@ -129,9 +164,10 @@ class Connection:
         self._outbox_bytes += size
         if not self._flush_scheduled and self._writer is None:
             # Flush once the current burst has been queued: everything queued until then leaves as
-            # one frame. A callback, not a task: a task per wake-up costs several microseconds.
+            # one frame. Not a task per wake-up (several microseconds each): the node's Flusher runs
+            # one callback per event-loop turn for every connection that has something to send.
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._flusher.add(self)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -268,7 +304,9 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
     client_id = runner.new_client_id()
     bind_connection(client_id)  # every log record of this task carries the connection id (logs.py)
     session = Session(client_id, max_channels=settings.max_channels)
-    connection = Connection(client_id, codec, send, outbox_size=settings.outbox_size, session=session)
+    connection = Connection(
+        client_id, codec, send, outbox_size=settings.outbox_size, session=session, flusher=runner.flusher
+    )
     connection.limiter = CommandLimiter(settings.command_rate, settings.command_burst, now=time.monotonic())
     expiry: asyncio.TimerHandle | None = None
     try:

@@ -63,26 +63,28 @@ def wire_bytes(frame: str | bytes) -> bytes:
 class DirectTransport:
     """Writes whole frames to a uvicorn websockets-sansio connection without awaiting."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_conn", "_protocol", "_transport", "_writable")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
+        self._transport = protocol.transport
+        self._writable = protocol.writable
+        self._conn = protocol.conn
 
     def try_write(self, data: bytes) -> bool:
         """Write ``data`` now if the socket takes it; False means "use ASGI send" (paused or closing)."""
-        protocol = self._protocol
         if (
-            not protocol.writable.is_set()
-            or protocol.close_sent
-            or protocol.conn.state is not State.OPEN
-            or protocol.transport.is_closing()
+            not self._writable.is_set()
+            or self._protocol.close_sent
+            or self._conn.state is not State.OPEN
+            or self._transport.is_closing()
         ):
             return False
-        protocol.transport.write(data)
+        self._transport.write(data)
         return True
 
     def abort(self) -> None:
-        self._protocol.transport.abort()
+        self._transport.abort()
 
 
 def attach(asgi_send: Any) -> DirectTransport | None:
