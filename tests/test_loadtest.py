@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -455,7 +456,9 @@ def test_locust_smoke_run_over_two_workers_loses_and_duplicates_nothing(nodes: N
     assert code == 0, output[-3000:]
     assert verdict["ok"] and verdict["lost"] == 0 and verdict["duplicates"] == 0 and verdict["reordered"] == 0
     assert verdict["expected"] > 500 and verdict["subscriptions"] >= 39  # type: ignore[operator]  # all but the publisher
-    assert "recovered" in verdict["latency"]  # type: ignore[operator]  # the storm really reconnected users
+    # The storm really reconnected users (whether a reconnect missed anything, to be recovered, is timing).
+    reconnects = re.search(r"ws\s+reconnect\s+(\d+)", output)
+    assert reconnects is not None and int(reconnects.group(1)) > 0, output[-3000:]
     assert (tmp_path / "run.html").exists() and list(tmp_path.glob("tidings-*.svg"))
     assert "deliver" in output and "same-node" in output and "cross-node" in output
     crossing = [p for p in verdict["pairs"] if p["publisher"] != p["receiver"]]  # type: ignore[union-attr]
