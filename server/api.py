@@ -76,11 +76,25 @@ def endpoint(handler: Handler, *, authenticated: bool = True) -> Callable[[Reque
     return wrapped
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or ApiError 400/413."""
-    body = await request.body()
-    if len(body) > MAX_BODY_SIZE:
+async def read_json(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, or ApiError 400/413.
+
+    The size is checked while reading (and from Content-Length first): an oversized body is refused
+    without being buffered whole.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_SIZE:
         raise ApiError(413, f"body exceeds {MAX_BODY_SIZE} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_SIZE:
+            raise ApiError(413, f"body exceeds {MAX_BODY_SIZE} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if optional and not body.strip():
+        return {}
     try:
         value = json.loads(body)
     except ValueError as exc:
@@ -151,7 +165,7 @@ async def user_presence(request: Request, state: NodeState) -> Response:
 
 async def create_room(request: Request, state: NodeState) -> Response:
     room = _room(request)
-    body = await read_json(request) if await request.body() else {}
+    body = await read_json(request, optional=True)
     private = body.get("private", False)
     if not isinstance(private, bool):
         raise ApiError(400, "private must be a boolean")
@@ -177,7 +191,7 @@ async def remove_room_member(request: Request, state: NodeState) -> Response:
 
 async def disconnect_user(request: Request, state: NodeState) -> Response:
     user = _user(request)
-    body = await read_json(request) if await request.body() else {}
+    body = await read_json(request, optional=True)
     code = body.get("code", 4503)
     if not isinstance(code, int) or isinstance(code, bool) or not 4000 <= code <= 4999:
         raise ApiError(400, "code must be a close code from 4000 to 4999")

@@ -40,6 +40,8 @@ __all__ = ["create_app", "prepare_settings"]
 
 logger = logging.getLogger("tidings.app")
 
+_SHUTDOWN_TIMEOUT = 3.0  # seconds for the lifespan to stop the backplane, heartbeat and jobs
+
 
 def prepare_settings(settings: Settings) -> Settings:
     """Fill in what dev mode may invent, and refuse what a node cannot run without.
@@ -180,13 +182,22 @@ def create_app(settings: Settings, *, backplane: Backplane | None = None) -> Sta
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with contextlib.AsyncExitStack() as stack:
+        stack = contextlib.AsyncExitStack()
+        try:
             state = await start_node(settings, stack, backplane=backplane)
             logger.info("node %s ready (%s backplane)", settings.node_id, type(state["backplane"]).__name__)
             try:
                 yield dict(state)
             finally:
                 state["draining"].set()
+        finally:
+            # Stopping must not hang the exit (a drain promises to end within its timeout): whatever
+            # is still waiting on Redis after this is abandoned; nothing a node holds needs saving.
+            try:
+                async with asyncio.timeout(_SHUTDOWN_TIMEOUT):
+                    await stack.aclose()
+            except TimeoutError:
+                logger.warning("node parts did not stop within %.0f s; exiting anyway", _SHUTDOWN_TIMEOUT)
 
     web_dir = Path(str(files("tidings.web")))
     return Starlette(

@@ -236,7 +236,12 @@ async def test_rolling_drain_of_every_node_under_traffic_loses_nothing(balanced:
                 had = [c for c in clients if c.connection.node == old.node_id]
                 started = time.monotonic()
                 old.process.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(old.process.wait, DRAIN_TIMEOUT + 10 * UNIT)
+                try:
+                    await asyncio.to_thread(old.process.wait, DRAIN_TIMEOUT + 10 * UNIT)
+                except subprocess.TimeoutExpired as exc:
+                    raise AssertionError(
+                        f"{old.node_id} did not exit after SIGTERM:\n{old.log_tail()}"
+                    ) from exc
                 assert old.process.returncode == 0, old.log_tail()
                 assert time.monotonic() - started < DRAIN_TIMEOUT + 2 * UNIT
                 before = len(acknowledged)

@@ -47,6 +47,9 @@ def test_settings(**overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @contextlib.asynccontextmanager
 async def run_node(settings: Settings, *, backplane: Backplane | None = None) -> AsyncIterator[RunningNode]:
     """Serve one node on a free port until the block ends."""
