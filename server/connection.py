@@ -37,7 +37,7 @@ from .protocol import (
     error_reply,
 )
 from .session import Session, State
-from .wire import attach, wire_bytes
+from .wire import attach, release_handshake, wire_bytes
 
 if TYPE_CHECKING:
     from .commands import CommandRunner
@@ -300,6 +300,11 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
     codec = Codec.negotiate(offered)
     # RFC 6455 4.2.2: the server may only select a subprotocol the client offered.
     await send({"type": "websocket.accept", "subprotocol": codec.value if codec.value in offered else None})
+    release_handshake(send)
+    # What uvicorn's scope keeps of the handshake (headers, a copy of the lifespan state) is read only
+    # before this point; for an idle connection's whole life it would be dead weight.
+    scope["headers"] = []
+    scope.pop("state", None)
 
     client_id = runner.new_client_id()
     bind_connection(client_id)  # every log record of this task carries the connection id (logs.py)

@@ -21,7 +21,7 @@ from typing import Any
 
 from websockets.protocol import State
 
-__all__ = ["DirectTransport", "attach", "encode_frame"]
+__all__ = ["DirectTransport", "attach", "encode_frame", "release_handshake"]
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
@@ -102,3 +102,18 @@ def attach(asgi_send: Any) -> DirectTransport | None:
     ):
         return None
     return DirectTransport(protocol)
+
+
+def release_handshake(asgi_send: Any) -> None:
+    """Drop uvicorn's copies of the handshake request and response once the socket is open.
+
+    uvicorn keeps both (headers included) for the connection's whole life although it
+    never reads them again after the accept: several KiB per idle connection
+    (DESIGN.md: memory per idle connection is part of the bar).
+    """
+    protocol: Any = getattr(asgi_send, "__self__", None)
+    if type(protocol).__name__ == "WebSocketsSansIOProtocol" and getattr(
+        protocol, "handshake_complete", False
+    ):
+        protocol.request = None
+        protocol.response = None
