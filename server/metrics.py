@@ -221,33 +221,33 @@ class NodeCollector:
     def _jobs_and_notifications(self) -> Iterator[Metric]:
         state = self.state
         if self.jobs is not None:
-            queue = GaugeMetricFamily(
+            yield _by_label(
+                GaugeMetricFamily,
                 "tidings_jobs",
                 "Jobs in the cluster's queue, by state (the same on every node).",
-                labels=["state"],
+                "state",
+                self.jobs,
+                ("pending", "running", "delayed"),
             )
-            for name in ("pending", "running", "delayed"):
-                queue.add_metric([name], getattr(self.jobs, name))
-            yield queue
-            ended = CounterMetricFamily(
+            yield _by_label(
+                CounterMetricFamily,
                 "tidings_jobs_ended",
                 "Job runs that ended, cluster-wide: done, failed (each retry counts), dead (dead-lettered).",
-                labels=["outcome"],
+                "outcome",
+                self.jobs,
+                ("done", "failed", "dead"),
             )
-            for name in ("done", "failed", "dead"):
-                ended.add_metric([name], getattr(self.jobs, name))
-            yield ended
         worker = state["job_worker"]
         if worker is not None:
             yield _gauge("tidings_job_runs_active", "Jobs running on this node now.", worker.running)
-            runs = CounterMetricFamily(
+            yield _by_label(
+                CounterMetricFamily,
                 "tidings_job_runs",
                 "Job runs on this node that ended: done, failed, lost (taken over by another node).",
-                labels=["outcome"],
+                "outcome",
+                worker.stats,
+                ("done", "failed", "lost"),
             )
-            for name in ("done", "failed", "lost"):
-                runs.add_metric([name], getattr(worker.stats, name))
-            yield runs
         notifier = state["notifier"]
         yield _counter(
             "tidings_notifications_delivered",
@@ -270,6 +270,21 @@ def _sessions(subscribers: Iterable[object]) -> Iterator[Connection]:
 def _gauge(name: str, documentation: str, value: float, **labels: str) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=list(labels))
     family.add_metric(list(labels.values()), value)
+    return family
+
+
+def _by_label(
+    family_type: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    documentation: str,
+    label: str,
+    source: object,
+    attributes: tuple[str, ...],
+) -> GaugeMetricFamily | CounterMetricFamily:
+    """One family with a sample per attribute of ``source``, labelled by the attribute's name."""
+    family = family_type(name, documentation, labels=[label])
+    for attribute in attributes:
+        family.add_metric([attribute], getattr(source, attribute))
     return family
 
 

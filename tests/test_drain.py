@@ -8,16 +8,9 @@ recover on other nodes with nothing lost is shown with three nodes behind nginx
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,59 +23,8 @@ from websockets.exceptions import InvalidStatus
 from tidings.server.auth import issue_token
 from tidings.server.protocol import Codec
 
-from .e2e.servers import E2E_JWT_SECRET
-from .support.ports import free_port
-from .support.timing import UNIT, wait_until, wait_until_sync
-
-
-@dataclass
-class Served:
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-
-@contextlib.contextmanager
-def serve_node(node_id: str, log_dir: Path, *, env: dict[str, str], log_level: str) -> Iterator[Served]:
-    """``tidings serve`` as a child process (its log level is part of what is tested), stopped by pid."""
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
-    environ.update(TIDINGS_JWT_SECRET=E2E_JWT_SECRET, TIDINGS_NODE_ID=node_id, **env)
-    port = free_port()
-    log_path = log_dir / f"{node_id}.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tidings.server", "serve", "--port", str(port), "--log-level", log_level],
-            env=environ, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    node = Served(port, process, log_path)
-
-    def ready() -> bool:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            with urllib.request.urlopen(f"{node.http_url}/healthz", timeout=UNIT) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    try:
-        wait_until_sync(ready, timeout=15 * UNIT, what="the node to answer /healthz")
-        yield node
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15 * UNIT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5 * UNIT)
+from .e2e.servers import E2E_JWT_SECRET, serve_node
+from .support.timing import UNIT, wait_until
 
 
 async def _connected(url: str, user: str) -> ClientConnection:

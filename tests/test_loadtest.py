@@ -48,6 +48,7 @@ from .support.cluster import start_cluster
 from .support.node import API_KEY, SECRET
 from .support.ports import free_port
 from .support.timing import UNIT
+from .support.tools import missing_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -280,10 +281,7 @@ class Nodes:
 def _require_locust() -> Path:
     locust = Path(sys.executable).parent / "locust"
     if not locust.exists() and shutil.which("locust") is None:
-        message = "locust is not installed (pip install -e '.[test]')"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_tool("locust is not installed (pip install -e '.[test]')")
     return locust if locust.exists() else Path(str(shutil.which("locust")))
 
 

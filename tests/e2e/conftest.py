@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ..support.tools import missing_tool
 from .servers import ServedNode, serve_node
 
 if TYPE_CHECKING:
@@ -29,9 +30,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: browser tests must run)", pytrace=False)
-    pytest.skip(reason)
+    missing_tool(reason)
 
 
 @pytest.fixture(scope="module")

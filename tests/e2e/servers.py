@@ -59,9 +59,17 @@ def _healthy(node: ServedNode) -> bool:
 
 
 def start_node(
-    node_id: str, log_dir: Path, *, port: int | None = None, env: Mapping[str, str] | None = None
+    node_id: str,
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    log_level: str = "warning",
 ) -> ServedNode:
-    """Start ``tidings serve`` on ``port`` (a free one by default) and wait until it answers /healthz."""
+    """Start ``tidings serve`` on ``port`` (a free one by default) and wait until it answers /healthz.
+
+    Dev mode is on unless ``env`` sets ``TIDINGS_DEV``.
+    """
     environ = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
     environ.update(
         {"TIDINGS_DEV": "1", "TIDINGS_JWT_SECRET": E2E_JWT_SECRET, "TIDINGS_NODE_ID": node_id, **(env or {})}
@@ -71,8 +79,9 @@ def start_node(
     chosen = free_port() if port is None else port
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [str(_TIDINGS), "serve", "--host", "127.0.0.1", "--port", str(chosen), "--log-level", "warning"],
+            [str(_TIDINGS), "serve", "--host", "127.0.0.1", "--port", str(chosen), "--log-level", log_level],
             env=environ,
+            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -99,10 +108,15 @@ def stop_node(node: ServedNode, *, sig: signal.Signals = signal.SIGTERM) -> None
 
 @contextlib.contextmanager
 def serve_node(
-    node_id: str, log_dir: Path, *, port: int | None = None, env: Mapping[str, str] | None = None
+    node_id: str,
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    log_level: str = "warning",
 ) -> Iterator[ServedNode]:
     """A node for the duration of the block."""
-    node = start_node(node_id, log_dir, port=port, env=env)
+    node = start_node(node_id, log_dir, port=port, env=env, log_level=log_level)
     try:
         yield node
     finally:
