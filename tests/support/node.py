@@ -13,6 +13,7 @@ import uvicorn
 from tidings.server.app import create_app
 from tidings.server.backplane import Backplane
 from tidings.server.config import Settings
+from tidings.server.lean_ws import LeanWebSocketProtocol
 
 from .timing import UNIT
 
@@ -59,7 +60,7 @@ async def run_node(settings: Settings, *, backplane: Backplane | None = None) ->
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
         create_app(settings, backplane=backplane),
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,  # as `tidings serve` (cli.py)
         ws_per_message_deflate=False,  # as `tidings serve` (cli.py)
         ws_max_size=max(4 * settings.max_message_size, 1 << 20),
         lifespan="on",
