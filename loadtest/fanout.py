@@ -143,6 +143,7 @@ class Bench:
         self.publishers: list[_Publisher] = []
         self.sockets: list[FastWebSocket] = []
         self.latencies: list[float] = []
+        self.publication_frames = 0  # frames that carried publications: deliveries / frames shows coalescing
         self.delivered_pairs: dict[tuple[int, int], int] = {}
         self.first_publish = 0.0
         self.last_receipt = 0.0
@@ -298,8 +299,12 @@ class Bench:
 
         def on_message(frame: bytes, text: bool) -> None:
             now = perf()
+            counted = False
             for message in decode(frame, text):
                 if message.get("push") == "publication" and receiver is not None:
+                    if not counted:
+                        self.publication_frames += 1
+                        counted = True
                     data = message["data"]
                     latencies.append(now - data["t"])
                     self.last_receipt = now
@@ -460,6 +465,7 @@ class Bench:
             "publish_rate": round(self.published / publish_s, 1),
             "deliveries": self.deliveries_total(),
             "deliveries_per_s": round(self.deliveries_total() / window, 1) if window > 0 else None,
+            "deliveries_per_frame": round(self.deliveries_total() / max(self.publication_frames, 1), 2),
             "latency_ms": {
                 "p50": _ms(_quantile(latencies, 0.50)),
                 "p99": _ms(_quantile(latencies, 0.99)),
@@ -649,6 +655,7 @@ def table(result: dict[str, Any]) -> str:
             ("publishers", f"{result['publishers']} ({result['publish_from']})"),
             ("published / acked", f"{result['published']} / {result['acked']} ({result['publish_rate']}/s)"),
             ("deliveries", f"{result['deliveries']} ({result['deliveries_per_s']}/s)"),
+            ("publications per frame", f"{result['deliveries_per_frame']}"),
             ("latency p50 / p99 / max", f"{lat['p50']} / {lat['p99']} / {lat['max']} ms"),
             ("node CPU", f"{result['node_cpu_s']} s"),
             ("CPU per delivery", f"{result['cpu_us_per_delivery']} us"),

@@ -1,6 +1,6 @@
 """Carrying out client commands once the session has allowed them.
 
-The connection driver calls :meth:`CommandRunner.run` for each command in
+The connection driver calls :meth:`CommandRunner.submit` for each command in
 arrival order. Every command gets exactly one reply; failures become error
 replies (503 ``temporary`` when the backplane is down, 500 otherwise) and never
 carry exception text.
@@ -8,6 +8,7 @@ carry exception text.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -57,6 +58,7 @@ __all__ = ["CommandRunner", "publication_dict"]
 logger = logging.getLogger("tidings.commands")
 
 MAX_RECOVERY = 1000  # publications a resubscribe may recover; beyond that the client reloads
+MAX_PUBLISHES_IN_FLIGHT = 32  # per connection; the reader waits (and uvicorn stops reading) beyond it
 
 
 def publication_dict(publication: Publication) -> dict[str, Any]:
@@ -117,18 +119,37 @@ class CommandRunner:
         host = headers.get(b"host", b"").decode("latin-1")
         return bool(text.split("://", 1)[-1] == host)
 
+    async def submit(self, connection: Connection, command: Command) -> None:
+        """Take the next command of ``connection`` (the reader calls this in arrival order).
+
+        A publish returns as soon as it is queued on the backplane; its reply follows when
+        Redis answers. So consecutive publishes of one connection are pipelined, at most
+        ``MAX_PUBLISHES_IN_FLIGHT`` at once, and still reach the backplane in arrival order
+        (the backplane keeps the order in which publishes are started). Any other command
+        first waits for them: it sees their effects, and its reply follows theirs. Replies
+        keep command order.
+        """
+        if not isinstance(command, Publish):
+            await connection.publishes.settle()
+            await self.run(connection, command)
+            return
+        try:
+            await self._check_room_access(connection, command.channel)
+        except Exception as exc:
+            await connection.publishes.settle()  # replies keep command order
+            self._reply_error(connection, command, exc)
+            return
+        await connection.publishes.admit(MAX_PUBLISHES_IN_FLIGHT)
+        # Created now, first run in creation order: each queues its publish before anything can wait.
+        connection.publishes.add(asyncio.get_running_loop().create_task(self.run(connection, command)))
+
     async def run(self, connection: Connection, command: Command) -> None:
         """Carry out ``command`` and queue its reply."""
         releases: list[tuple[str, StreamPosition]] = []
         try:
             result = await self._dispatch(connection, command, releases)
-        except ProtocolError as exc:
-            connection.send(error_reply(command.id, exc.code, exc.message))
-        except BackplaneUnavailable:
-            connection.send(error_reply(command.id, ERR_BACKPLANE, "backplane unavailable", temporary=True))
-        except Exception:
-            logger.exception("command %s failed on connection %s", command.op, connection.client_id)
-            connection.send(error_reply(command.id, ERR_INTERNAL, "internal error"))
+        except Exception as exc:
+            self._reply_error(connection, command, exc)
         else:
             if result is not None:
                 connection.send(ok_reply(command.id, result))
@@ -136,6 +157,15 @@ class CommandRunner:
             # Publications held during (re)subscribes follow the reply, never precede it.
             for channel, top in releases:
                 connection.release(channel, after=top)
+
+    def _reply_error(self, connection: Connection, command: Command, exc: Exception) -> None:
+        if isinstance(exc, ProtocolError):
+            connection.send(error_reply(command.id, exc.code, exc.message))
+        elif isinstance(exc, BackplaneUnavailable):
+            connection.send(error_reply(command.id, ERR_BACKPLANE, "backplane unavailable", temporary=True))
+        else:
+            logger.error("command %s failed on connection %s", command.op, connection.client_id, exc_info=exc)
+            connection.send(error_reply(command.id, ERR_INTERNAL, "internal error"))
 
     async def _dispatch(
         self, connection: Connection, command: Command, releases: list[tuple[str, StreamPosition]]
@@ -147,8 +177,7 @@ class CommandRunner:
         if isinstance(command, Unsubscribe):
             await self.drop_subscription(connection, command.channel)
             return {}
-        if isinstance(command, Publish):
-            await self._check_room_access(connection, command.channel)
+        if isinstance(command, Publish):  # access was checked by submit(), in arrival order
             sender = Sender(connection.session.user, connection.client_id)
             started = time.perf_counter()
             position = await self.backplane.publish(

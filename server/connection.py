@@ -42,7 +42,7 @@ from .wire import attach, release_handshake, wire_bytes
 if TYPE_CHECKING:
     from .commands import CommandRunner
 
-__all__ = ["Connection", "Flusher", "serve_websocket"]
+__all__ = ["Connection", "Flusher", "InFlight", "serve_websocket"]
 
 logger = logging.getLogger("tidings.connection")
 
@@ -80,6 +80,41 @@ class Flusher:
             connection._flush()
 
 
+class InFlight:
+    """Tasks a connection's reader started and did not wait for (pipelined publishes), oldest first.
+
+    Guarantees: ``admit(limit)`` returns once fewer than ``limit`` are unfinished,
+    ``settle()`` once none is; neither cancels them. An idle connection holds no list.
+    """
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] | None = None
+
+    def add(self, task: asyncio.Task[None]) -> None:
+        if self._tasks is None:
+            self._tasks = []
+        self._tasks.append(task)
+
+    def _unfinished(self) -> list[asyncio.Task[None]] | None:
+        tasks = self._tasks
+        if tasks is not None:
+            while tasks and tasks[0].done():  # they finish in the order they started, as a rule
+                del tasks[0]
+            if not tasks:
+                self._tasks = tasks = None
+        return tasks
+
+    async def admit(self, limit: int) -> None:
+        while (tasks := self._unfinished()) is not None and len(tasks) >= limit:
+            await asyncio.wait([tasks[0]])
+
+    async def settle(self) -> None:
+        while (tasks := self._unfinished()) is not None:
+            await asyncio.wait(list(tasks))
+
+
 class Connection:
     """The sending half of a client connection, as the hub and the command runner see it.
 
@@ -111,6 +146,7 @@ class Connection:
         "codec",
         "dropped_frames",
         "limiter",
+        "publishes",
         "session",
     )
 
@@ -143,6 +179,7 @@ class Connection:
         self._floor: dict[str, tuple[str, int]] | None = None
         self._closing: asyncio.Task[None] | None = None
         self.limiter: CommandLimiter | None = None  # set by serve_websocket; None: no rate limit
+        self.publishes = InFlight()  # pipelined publishes awaiting their reply (CommandRunner.submit)
         self.close_code: int | None = None  # the code the server closed with (for /metrics)
         self.dropped_frames = 0  # frames never sent because of a close (for /metrics)
 
@@ -340,6 +377,7 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
             expiry.cancel()
         await runner.disconnected(connection)
         await connection.wait_closed()
+        await connection.publishes.settle()  # already queued on the backplane: they finish either way
 
 
 async def _handle_frame(message: Message, connection: Connection, runner: CommandRunner) -> bool:
@@ -369,11 +407,13 @@ async def _handle_frame(message: Message, connection: Connection, runner: Comman
         if exc.close_code is not None:
             connection.close(exc.close_code, exc.message)
             return False
+        await connection.publishes.settle()  # replies keep command order
         connection.send(error_reply(exc.id or 0, exc.code, exc.message))
         return True
     if verdict is Verdict.REJECT:
         runner.metrics.rate_limited += 1
+        await connection.publishes.settle()
         connection.send(error_reply(command.id, ERR_RATE_LIMITED, "rate limited: slow down", temporary=True))
         return True
-    await runner.run(connection, command)
+    await runner.submit(connection, command)
     return not connection.closed

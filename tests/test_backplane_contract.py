@@ -176,6 +176,21 @@ async def test_handler_gets_only_subscribed_channels_in_offset_order(open_backpl
     assert sorted(p.data for p in publications[:50]) == list(range(50))
 
 
+async def test_publishes_started_without_waiting_keep_their_start_order(
+    open_backplane: OpenBackplane,
+) -> None:
+    """The pipelining contract: tasks started in order publish in that order (offsets and delivery)."""
+    backplane, recorder = await open_backplane()
+    await backplane.subscribe("room:pipelined")
+    tasks = [
+        asyncio.get_running_loop().create_task(backplane.publish("room:pipelined", n)) for n in range(64)
+    ]
+    positions = await asyncio.gather(*tasks)
+    assert [p.offset for p in positions if p is not None] == list(range(1, 65))
+    publications = await recorder.wait_for("room:pipelined", 64)
+    assert [p.data for p in publications] == list(range(64))
+
+
 async def test_ephemeral_publications_have_no_offset_and_no_history(open_backplane: OpenBackplane) -> None:
     backplane, recorder = await open_backplane()
     await backplane.subscribe("room:typing")

@@ -264,6 +264,43 @@ async def test_unsubscribe_stops_delivery_and_ephemeral_skips_history(
         assert [p["data"] for p in history["publications"]] == ["missed"]
 
 
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def any_node(request: pytest.FixtureRequest) -> AsyncIterator[RunningNode]:
+    """One node on the in-memory backplane, or on a real Redis."""
+    limits = {"command_rate": 1000.0, "command_burst": 1000}
+    if request.param == "memory":
+        settings = node_settings(**limits)
+    else:
+        settings = node_settings(
+            redis_url=request.getfixturevalue("redis_url"),
+            key_prefix=request.getfixturevalue("key_prefix"),
+            **limits,
+        )
+    async with run_node(settings) as running:
+        yield running
+
+
+async def test_publishes_sent_without_waiting_are_pipelined_in_order(any_node: RunningNode) -> None:
+    """Publishes in flight keep their order (offsets, replies, pushes); a following command sees them all.
+
+    Replies follow command order, an error reply to a bad command included.
+    """
+    async with connected(any_node, "alice") as alice, connected(any_node, "bob") as bob:
+        await bob.call("subscribe", channel="room:pipe")
+        count = 100  # more than a connection may have in flight: the reader waits for the oldest
+        for n in range(count):
+            await alice.send({"id": 1000 + n, "op": "publish", "channel": "room:pipe", "data": n})
+        await alice.send({"id": 4000, "op": "no-such-op"})
+        await alice.send({"id": 5000, "op": "history", "channel": "room:pipe", "limit": count})
+        replies = [await alice.recv() for _ in range(count + 2)]
+        assert [r["id"] for r in replies] == [*range(1000, 1000 + count), 4000, 5000]
+        assert [r["result"]["offset"] for r in replies[:count]] == list(range(1, count + 1))
+        assert "error" in replies[count]
+        assert [p["data"] for p in replies[-1]["result"]["publications"]] == list(range(count))
+        pushes = await bob.publications(count)
+        assert [(p["offset"], p["data"]) for p in pushes] == [(n + 1, n) for n in range(count)]
+
+
 # --- recovery ---------------------------------------------------------------------------------------
 
 

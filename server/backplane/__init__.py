@@ -111,7 +111,12 @@ class Backplane(Protocol):
     async def publish(
         self, channel: str, data: Any, *, sender: Sender | None = None, ephemeral: bool = False
     ) -> StreamPosition | None:
-        """Publish ``data``; return its position, or None for an ephemeral publication."""
+        """Publish ``data``; return its position, or None for an ephemeral publication.
+
+        Order: publishes whose coroutines were first run in some order are published in that
+        order (the publication is queued before the coroutine first waits), so a caller may
+        start several without awaiting each one (the command runner pipelines them).
+        """
 
     async def subscribe(self, channel: str) -> None:
         """Start receiving ``channel`` on this node. The hub calls it once per channel (refcounted)."""
