@@ -8,6 +8,7 @@ and Redis going away and coming back.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -361,6 +362,33 @@ async def test_dropping_the_pubsub_link_while_publishing_loses_nothing(
         assert [p.data for p in publications] == list(range(published))
     assert subscriber.repaired > 0  # the drops did cost pub/sub messages, and history made up for them
     assert subscriber.link_reconnects == 3
+
+
+@pytest.mark.redis
+async def test_a_silent_link_is_pinged_then_dropped_and_reconnected(
+    redis_backplanes: Callable[..., Awaitable[RedisBackplane]],
+) -> None:
+    """A Redis that stops answering (SIGSTOP: the socket stays open) is noticed by the link's watchdog."""
+    server = ValkeyServer().start()
+    assert server.process is not None
+    try:
+        recorder = Recorder()
+        backplane = await redis_backplanes(
+            recorder, url=server.url, health_interval=0.2 * UNIT, max_backoff=0.2
+        )
+        await backplane.subscribe("room:s")
+        server.process.send_signal(signal.SIGSTOP)
+        await wait_until(lambda: not backplane.ready, timeout=5 * UNIT, what="the silent link to be dropped")
+        server.process.send_signal(signal.SIGCONT)
+        await wait_until(
+            lambda: backplane.link_reconnects >= 1, timeout=10 * UNIT, what="the link to come back"
+        )
+        await backplane.publish("room:s", "after")
+        assert [p.data for p in await recorder.wait_for("room:s", 1)] == ["after"]
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
 
 
 @pytest.mark.redis

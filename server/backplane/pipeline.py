@@ -8,7 +8,8 @@ one write and reads the replies back in order.
 
 Errors:
     BackplaneUnavailable
-        the connection failed (refused, reset, timed out): every command of that
+        the connection failed (refused, reset, or the round trip took longer than
+        ``timeout``): every command of that
         round trip gets it. Such a command may or may not have run.
     redis.exceptions.ResponseError
         Redis answered that one command with an error (other commands are unaffected).
@@ -80,8 +81,12 @@ class CommandPipeline:
         command is not sent if it has not been sent yet.
     """
 
-    def __init__(self, connection: AbstractConnection, *, max_batch: int = 512) -> None:
+    def __init__(self, connection: AbstractConnection, *, timeout: float, max_batch: int = 512) -> None:
+        """``connection`` should have no ``socket_timeout`` of its own: redis-py would then start a task
+        (``wait_for``) per write and a timer per reply; ``timeout`` bounds each round trip as a whole.
+        """
         self._connection = connection
+        self._timeout = timeout
         self._max_batch = max_batch
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
@@ -167,14 +172,15 @@ class CommandPipeline:
     async def _execute(self, commands: list[tuple[EncodableT, ...]]) -> list[Any]:
         connection = self._connection
         try:
-            # send_packed_command connects first when needed (once, within the connect timeout).
-            await connection.send_packed_command(connection.pack_commands(commands), False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # the reply was read whole: the stream stays in step
-                    replies.append(exc)
+            async with asyncio.timeout(self._timeout):  # one timer per round trip, not one per reply
+                # send_packed_command connects first when needed (once, within the connect timeout).
+                await connection.send_packed_command(connection.pack_commands(commands), False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:  # the reply was read whole: the stream stays in step
+                        replies.append(exc)
             return replies
         except BaseException:
             # A cancelled or failed round trip leaves replies unread: never reuse the socket.
