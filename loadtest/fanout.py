@@ -34,6 +34,7 @@ import json
 import os
 import resource
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -168,6 +169,19 @@ class Bench:
             response.raise_for_status()
             return str(response.json()["token"])
 
+    async def too_slow_closes(self) -> int:
+        """Connections the nodes closed with 4008 ("too slow"), from their /metrics."""
+        import httpx
+
+        total = 0
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+            for node in self.o.nodes:
+                response = await client.get(f"{_urls(node)[0]}/metrics")
+                for line in response.text.splitlines():
+                    if line.startswith('tidings_disconnects_total{code="4008"}'):
+                        total += int(float(line.split()[-1]))
+        return total
+
     def encode(self, message: dict[str, Any]) -> str | bytes:
         if self.o.codec == "msgpack":
             return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
@@ -245,7 +259,12 @@ class Bench:
             position = result["channels"][self.rooms[room].channel]
             receiver = _Receiver(node, room, int(position["offset"]))
             if i >= o.connections - o.slow_readers:
-                return  # never read: the server must cut it off (4008) without slowing the others
+                # Never read again: the server must cut it off (4008) without slowing the others. A small
+                # receive buffer (no autotuning) makes the backlog reach the node's outbox within seconds.
+                assert ws.transport is not None
+                ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                ws.transport.pause_reading()
+                return
             self.receivers.append(receiver)
             room_state = self.rooms[room]
             room_state.members_by_node[node] = room_state.members_by_node.get(node, 0) + 1
@@ -496,6 +515,8 @@ class Bench:
             "window_s": round(window, 3),
             "slow_readers": o.slow_readers,
             "closed_by_server": {str(k): v for k, v in sorted(self.closed_by_server.items())},
+            # A paused reader never sees its 4008 close frame; the nodes count it (/metrics).
+            "too_slow_closes": await self.too_slow_closes() if o.slow_readers else None,
         }
 
     def deliveries_total(self) -> int:
@@ -676,6 +697,8 @@ def table(result: dict[str, Any]) -> str:
                 f"  INCOMPLETE: {result['published'] - result['acked']} publishes unacknowledged or deliveries "
                 f"missing after --drain {result['drain_s']} s (the nodes could not keep up)"
             )
+        if result.get("too_slow_closes") is not None:
+            lines.append(f"  closed as too slow (4008, nodes' /metrics): {result['too_slow_closes']}")
         if result["closed_by_server"]:
             lines.append(f"  closed by the server: {result['closed_by_server']}")
         if result["publish_errors"]:
