@@ -61,17 +61,21 @@ class Flusher:
     subscriber.
     """
 
-    __slots__ = ("_dirty", "_pending")
+    __slots__ = ("_dirty", "_loop", "_pending")
 
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
         self._pending = False
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on every call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, connection: Connection) -> None:
         self._dirty.append(connection)
         if not self._pending:
             self._pending = True
-            asyncio.get_running_loop().call_soon(self._run)
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._run)
 
     def _run(self) -> None:
         dirty, self._dirty = self._dirty, []

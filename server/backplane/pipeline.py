@@ -120,10 +120,11 @@ class CommandPipeline:
     def _enqueue(self, args: tuple[EncodableT, ...], script: Script | None) -> asyncio.Future[Any]:
         if self._closed:
             raise BackplaneUnavailable("the backplane is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Call(args, script, future))
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._send_queued())
+            self._task = loop.create_task(self._send_queued())
         return future
 
     async def _send_queued(self) -> None:

@@ -384,6 +384,10 @@ class RedisBackplane:
                     await asyncio.sleep(self._backoff(attempt))
                     attempt += 1
                     continue
+                # redis-py's default handler of pushes formats each one for a debug log (getLogger, which
+                # takes the logging lock, and str() of the whole message) even with debug logging off;
+                # its own PubSub swaps the handler the same way.
+                link._parser.set_pubsub_push_handler(_push_as_is)  # type: ignore[attr-defined]
                 if was_up is False:
                     self.link_reconnects += 1
                 logger.info("Redis pub/sub link up (node %s, %d channels)", self.node_id, len(self._channels))
@@ -578,6 +582,10 @@ class RedisBackplane:
                 self._deliver(publication)
         if repair.again:
             self._schedule_repair(channel)
+
+
+async def _push_as_is(response: Any) -> Any:
+    return response
 
 
 class _LinkWatchdog:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -11,13 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tidings.server.valkey import find_server_binary
 
+from ..support.cluster import healthz_node
 from ..support.ports import free_port
 from ..support.timing import UNIT, wait_until_sync
 from ..support.tools import missing_tool
@@ -47,12 +46,7 @@ def port_range(size: int) -> int:
 
 
 def healthz(port: int) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2.0) as response:
-            node = json.loads(response.read()).get("node")
-    except (OSError, ValueError):
-        return None
-    return node if isinstance(node, str) else None
+    return healthz_node(f"http://127.0.0.1:{port}", timeout=2.0)
 
 
 def children_of(pid: int) -> list[int]:

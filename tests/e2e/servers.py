@@ -10,17 +10,15 @@ URLs, so they work the same against these single nodes and against cluster nodes
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..support.cluster import healthz_node
 from ..support.ports import free_port
 from ..support.timing import UNIT, wait_until_sync
 
@@ -51,11 +49,7 @@ def _healthy(node: ServedNode) -> bool:
         raise AssertionError(
             f"node {node.node_id} exited with {node.process.returncode}; see {node.log_path}"
         )
-    try:
-        with urllib.request.urlopen(f"{node.http_url}/healthz", timeout=UNIT) as response:
-            return bool(json.load(response).get("node") == node.node_id)
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
+    return healthz_node(node.http_url, timeout=UNIT) == node.node_id
 
 
 def start_node(

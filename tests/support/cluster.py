@@ -10,6 +10,7 @@ SIGTERM if the test process itself dies.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -82,13 +83,21 @@ class Cluster:
         return [node.ws_url for node in self.nodes]
 
 
-def _node_id_of(port: int) -> str | None:
+def healthz_node(base_url: str, *, timeout: float = 1.0) -> str | None:
+    """The node id a node's ``/healthz`` answers with, or None while it does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1.0) as response:
+        with urllib.request.urlopen(f"{base_url}/healthz", timeout=timeout) as response:
             node = json.loads(response.read()).get("node")
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
+        # HTTPException: polling a port nobody listens on yet can make the kernel connect the socket to
+        # itself (TCP self-connect, the port being in the ephemeral range): the request comes back as the
+        # "status line".
         return None
     return node if isinstance(node, str) else None
+
+
+def _node_id_of(port: int) -> str | None:
+    return healthz_node(f"http://127.0.0.1:{port}")
 
 
 def _spawn(node_id: str, port: int, env: Mapping[str, str], log_dir: Path) -> NodeProcess:
