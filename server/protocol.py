@@ -284,11 +284,12 @@ _json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_
 _msgpack_dumps = msgpack.Packer(use_bin_type=True).pack
 
 
-def _json_loads_strict(text: str) -> Any:
-    def reject_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
-    return json.loads(text, parse_constant=reject_constant)
+
+# Built once: json.loads with any keyword argument builds a new JSONDecoder on every call.
+_json_loads_strict = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
 # --- decoding ---------------------------------------------------------------------------------------
