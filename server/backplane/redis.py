@@ -63,6 +63,7 @@ from .envelope import (
 )
 from .pipeline import CommandPipeline, Script
 from .tracking import OffsetTracker, Verdict
+from .watchdog import LinkWatchdog, push_as_is
 
 __all__ = ["RedisBackplane"]
 
@@ -384,10 +385,8 @@ class RedisBackplane:
                     await asyncio.sleep(self._backoff(attempt))
                     attempt += 1
                     continue
-                # redis-py's default handler of pushes formats each one for a debug log (getLogger, which
-                # takes the logging lock, and str() of the whole message) even with debug logging off;
-                # its own PubSub swaps the handler the same way.
-                link._parser.set_pubsub_push_handler(_push_as_is)  # type: ignore[attr-defined]
+                # Not redis-py's default push handler (see push_as_is); its own PubSub swaps it the same way.
+                link._parser.set_pubsub_push_handler(push_as_is)  # type: ignore[attr-defined]
                 if was_up is False:
                     self.link_reconnects += 1
                 logger.info("Redis pub/sub link up (node %s, %d channels)", self.node_id, len(self._channels))
@@ -419,7 +418,7 @@ class RedisBackplane:
                 self._request(channel, _SUBSCRIBE)
         # Silence is watched by a timer, not by a timeout around every read: that costs ~9 µs per
         # message on the hottest path of the node (every publication of every subscribed channel).
-        watchdog = _LinkWatchdog(link, self._health_interval, self.node_id)
+        watchdog = LinkWatchdog(link, self._health_interval, self.node_id)
         try:
             while True:
                 response = await link.read_response(timeout=math.inf, push_request=True)
@@ -582,59 +581,6 @@ class RedisBackplane:
                 self._deliver(publication)
         if repair.again:
             self._schedule_repair(channel)
-
-
-async def _push_as_is(response: Any) -> Any:
-    return response
-
-
-class _LinkWatchdog:
-    """PINGs the pub/sub link after ``interval`` of silence; drops it after one more silent interval.
-
-    Dropping disconnects the link, so its pending read fails and ``_run_link`` reconnects.
-    """
-
-    def __init__(self, link: AbstractConnection, interval: float, node_id: str) -> None:
-        self.heard = 0  # replies read so far; the reader bumps it, the timer compares it
-        self._link = link
-        self._interval = interval
-        self._node_id = node_id
-        self._seen = 0
-        self._pinged = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._timer = asyncio.get_running_loop().call_later(interval, self._check)
-
-    def _check(self) -> None:
-        if self.heard != self._seen:
-            self._seen, self._pinged = self.heard, False
-        elif not self._pinged:
-            self._pinged = True
-            ping = asyncio.get_running_loop().create_task(self._link.send_command("PING", check_health=False))
-            self._tasks.add(ping)
-            ping.add_done_callback(self._pinged_or_gone)
-        else:
-            logger.warning(
-                "Redis pub/sub link silent: no answer to PING within %g s (node %s)",
-                self._interval,
-                self._node_id,
-            )
-            self._drop()
-            return
-        self._timer = asyncio.get_running_loop().call_later(self._interval, self._check)
-
-    def _pinged_or_gone(self, ping: asyncio.Task[None]) -> None:
-        self._tasks.discard(ping)
-        if not ping.cancelled() and ping.exception() is not None:
-            self._drop()  # a PING that cannot be sent: the link is gone
-
-    def _drop(self) -> None:
-        self._timer.cancel()
-        task = asyncio.get_running_loop().create_task(self._link.disconnect(nowait=True))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def stop(self) -> None:
-        self._timer.cancel()
 
 
 def _ttl_ms(policy: HistoryPolicy) -> int:
