@@ -32,7 +32,6 @@ import asyncio
 import itertools
 import json
 import os
-import resource
 import secrets
 import socket
 import sys
@@ -48,12 +47,17 @@ if __package__ in (None, ""):  # run as a script: python loadtest/fanout.py
 
 import msgpack
 
+from loadtest.benchkit import (
+    CpuSnapshot,
+    latency_ms,
+    per,
+    publish_for,
+    raise_open_file_limit,
+)
 from loadtest.fastws import FastWebSocket, open_websocket
-from loadtest.procstat import busy_seconds, cpu_seconds, listener_pids, rss_kib
+from loadtest.procstat import cpu_of, listener_pids, rss_of
 
 __all__ = ["SCENARIOS", "Bench", "BenchOptions", "main", "run"]
-
-_TICK = 0.005  # seconds: the shortest sleep of the publishing schedule at high rates
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     # DESIGN.md / issue 9 targets: ≤ 8 µs CPU per delivery, p99 ≤ 15 ms, zero loss.
@@ -297,9 +301,9 @@ class Bench:
         await asyncio.sleep(self.o.settle)
         deadline = time.perf_counter() + self.o.max_settle
         while time.perf_counter() < deadline:
-            before = _cpu(pids)
+            before = cpu_of(pids)
             await asyncio.sleep(0.5)
-            after = _cpu(pids)
+            after = cpu_of(pids)
             if not before or not after:
                 return False  # no pids: nothing to watch
             if _sum_cpu(after) - _sum_cpu(before) < 0.025:
@@ -373,36 +377,6 @@ class Bench:
             )
         )
 
-    async def publish_at_rate(self, until: float) -> None:
-        """Every publisher at ``rate``/s, spread evenly: one schedule for all of them, caught up in batches."""
-        total_rate = self.o.rate * len(self.publishers)
-        start = time.perf_counter()
-        order = itertools.cycle(self.publishers)
-        sent = 0
-        while (now := time.perf_counter()) < until:
-            due = int((now - start) * total_rate) + 1 - sent
-            for _ in range(due):
-                self.publish_one(next(order))
-            sent += max(due, 0)
-            delay = start + sent / total_rate - time.perf_counter()
-            # Waking up costs the bench ~0.1 ms of CPU here: above 200 msg/s, send in 5 ms batches.
-            await asyncio.sleep(max(delay, _TICK if total_rate * _TICK > 1 else 0.0))
-
-    async def publish_windowed(self, until: float) -> None:
-        """Each publisher as fast as it is acknowledged, with ``window`` publishes in flight."""
-
-        async def pump(publisher: _Publisher) -> None:
-            publisher.window = asyncio.Semaphore(self.o.window)
-            while (left := until - time.perf_counter()) > 0 and publisher.ws.close_code is None:
-                try:
-                    async with asyncio.timeout(left):  # a closed publisher never frees its window
-                        await publisher.window.acquire()
-                except TimeoutError:
-                    break
-                self.publish_one(publisher)
-
-        await asyncio.gather(*(pump(p) for p in self.publishers))
-
     async def wait_for_deliveries(self) -> bool:
         """Until every publish is acknowledged and every receiver has its room's last offset (or ``drain``)."""
         deadline = time.perf_counter() + self.o.drain
@@ -419,15 +393,15 @@ class Bench:
     async def run(self) -> dict[str, Any]:
         o = self.o
         pids = o.pids if o.pids is not None else _discover_pids(o.nodes)
-        _raise_open_file_limit(o.connections + o.rooms + 256)
-        rss_before = _rss(pids)
+        raise_open_file_limit(o.connections + o.rooms + 256)
+        rss_before = rss_of(pids)
         opened = time.perf_counter()
         await self.open_all()
         open_s = time.perf_counter() - opened
         settled = time.perf_counter()
         quiet = await self.settle(pids)
         settle_s = time.perf_counter() - settled
-        rss_after = _rss(pids)
+        rss_after = rss_of(pids)
         total_connections = len(self.sockets)
         result: dict[str, Any] = {
             "scenario": o.scenario,
@@ -438,7 +412,7 @@ class Bench:
             "open_s": round(open_s, 2),
             "settle_s": round(settle_s, 2),
             "settled": quiet,
-            "rss_kib_per_connection": _per(_sum(rss_after) - _sum(rss_before), total_connections)
+            "rss_kib_per_connection": per(_sum(rss_after) - _sum(rss_before), total_connections)
             if rss_before and rss_after
             else None,
             "rss_kib": rss_after,
@@ -452,20 +426,15 @@ class Bench:
     async def measure(self, pids: list[int]) -> dict[str, Any]:
         o = self.o
         redis_pids = o.redis_pids or []
-        cpu_before, bench_before, machine_before = _cpu(pids), _own_cpu(), busy_seconds()
-        redis_before = _cpu(redis_pids)
+        before = CpuSnapshot.take(pids, redis_pids)
         self.first_publish = time.perf_counter()
-        until = self.first_publish + o.duration
-        if o.rate > 0:
-            await self.publish_at_rate(until)
-        else:
-            await self.publish_windowed(until)
-        publish_s = time.perf_counter() - self.first_publish
+        publish_s = await publish_for(
+            o.duration, self.publishers, self.publish_one, rate=o.rate, window=o.window
+        )
         complete = await self.wait_for_deliveries()
-        cpu_after, bench_after, machine_after = _cpu(pids), _own_cpu(), busy_seconds()
-        redis_after = _cpu(redis_pids)
+        after = CpuSnapshot.take(pids, redis_pids)
         window = max(self.last_receipt, self.first_publish + publish_s) - self.first_publish
-        node_cpu = _sum_cpu(cpu_after) - _sum_cpu(cpu_before) if cpu_before and cpu_after else None
+        node_cpu = before.node_cpu_until(after)
         accounting = self.account()
         latencies = sorted(self.latencies)
         return {
@@ -485,33 +454,15 @@ class Bench:
             "deliveries": self.deliveries_total(),
             "deliveries_per_s": round(self.deliveries_total() / window, 1) if window > 0 else None,
             "deliveries_per_frame": round(self.deliveries_total() / max(self.publication_frames, 1), 2),
-            "latency_ms": {
-                "p50": _ms(_quantile(latencies, 0.50)),
-                "p99": _ms(_quantile(latencies, 0.99)),
-                "max": _ms(latencies[-1] if latencies else 0.0),
-            },
+            "latency_ms": latency_ms(latencies),
             "complete": complete,
             "drain_s": o.drain,
             **accounting,
-            "node_cpu_s": round(node_cpu, 3) if node_cpu is not None else None,
-            "node_cpu": {
-                str(p): round(cpu_after[p] - cpu_before[p], 3) for p in cpu_after if p in cpu_before
-            },
-            "cpu_us_per_delivery": _per(node_cpu * 1e6, self.deliveries_total())
+            **before.figures_until(after),
+            "cpu_us_per_delivery": per(node_cpu * 1e6, self.deliveries_total())
             if node_cpu is not None
             else None,
-            "cpu_us_per_publication": _per(node_cpu * 1e6, self.published) if node_cpu is not None else None,
-            "redis_cpu_s": round(_sum_cpu(redis_after) - _sum_cpu(redis_before), 3) if redis_before else None,
-            "bench_cpu_s": round(bench_after - bench_before, 3),
-            # Everything else the machine did meanwhile (other processes, the kernel's softirqs): when it
-            # is large, the latency figures were taken on a busy machine.
-            "others_cpu_s": round(
-                (machine_after - machine_before)
-                - (bench_after - bench_before)
-                - (node_cpu or 0.0)
-                - (_sum_cpu(redis_after) - _sum_cpu(redis_before) if redis_before else 0.0),
-                2,
-            ),
+            "cpu_us_per_publication": per(node_cpu * 1e6, self.published) if node_cpu is not None else None,
             "window_s": round(window, 3),
             "slow_readers": o.slow_readers,
             "closed_by_server": {str(k): v for k, v in sorted(self.closed_by_server.items())},
@@ -607,54 +558,12 @@ def _discover_pids(nodes: Sequence[str]) -> list[int]:
     return pids
 
 
-def _raise_open_file_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        if target < needed:
-            print(f"fanout: open-file limit {hard} is below the {needed} connections need", file=sys.stderr)
-
-
-def _rss(pids: list[int]) -> dict[int, int]:
-    try:
-        return {pid: rss_kib(pid) for pid in pids}
-    except OSError:
-        return {}
-
-
-def _cpu(pids: list[int]) -> dict[int, float]:
-    try:
-        return {pid: cpu_seconds(pid) for pid in pids}
-    except OSError:
-        return {}
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _sum(values: dict[int, int]) -> int:
     return sum(values.values())
 
 
 def _sum_cpu(values: dict[int, float]) -> float:
     return sum(values.values())
-
-
-def _per(total: float, count: int) -> float | None:
-    return round(total / count, 2) if count else None
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
 
 
 def table(result: dict[str, Any]) -> str:

@@ -11,27 +11,36 @@ from collections.abc import Iterable
 
 __all__ = [
     "busy_seconds",
+    "cpu_of",
     "cpu_seconds",
     "listener_pids",
     "parse_busy_ticks",
     "parse_listening_inodes",
     "parse_stat_cpu_ticks",
+    "parse_stat_user_system_ticks",
     "parse_vmrss_kib",
     "rss_kib",
+    "rss_of",
+    "user_system_seconds",
 ]
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
 
 
-def parse_stat_cpu_ticks(text: str) -> int:
-    """utime + stime, in clock ticks, from the text of ``/proc/<pid>/stat``.
+def parse_stat_user_system_ticks(text: str) -> tuple[int, int]:
+    """(utime, stime), in clock ticks, from the text of ``/proc/<pid>/stat``.
 
     The command name (field 2) may hold spaces and parentheses, so fields are
     counted from the last ``)``: utime and stime are fields 14 and 15 (proc(5)).
     """
     fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+def parse_stat_cpu_ticks(text: str) -> int:
+    """utime + stime, in clock ticks, from the text of ``/proc/<pid>/stat``."""
+    return sum(parse_stat_user_system_ticks(text))
 
 
 def parse_vmrss_kib(text: str) -> int:
@@ -72,6 +81,32 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) the process has used so far, in seconds."""
     with open(f"/proc/{pid}/stat") as fh:
         return parse_stat_cpu_ticks(fh.read()) / _TICKS
+
+
+def user_system_seconds(pids: Iterable[int]) -> tuple[float, float]:
+    """User and system CPU seconds the processes have used so far, summed: how much the kernel took."""
+    user = system = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            u, s = parse_stat_user_system_ticks(fh.read())
+        user, system = user + u, system + s
+    return user / _TICKS, system / _TICKS
+
+
+def cpu_of(pids: Iterable[int]) -> dict[int, float]:
+    """:func:`cpu_seconds` of each process; empty when one of them is gone."""
+    try:
+        return {pid: cpu_seconds(pid) for pid in pids}
+    except OSError:
+        return {}
+
+
+def rss_of(pids: Iterable[int]) -> dict[int, int]:
+    """:func:`rss_kib` of each process; empty when one of them is gone."""
+    try:
+        return {pid: rss_kib(pid) for pid in pids}
+    except OSError:
+        return {}
 
 
 def rss_kib(pid: int) -> int:

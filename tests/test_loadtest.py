@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loadtest.benchkit import CpuSnapshot, latency_ms
 from loadtest.ledger import (
     Inbox,
     Ledger,
@@ -39,6 +40,7 @@ from loadtest.procstat import (
     parse_busy_ticks,
     parse_listening_inodes,
     parse_stat_cpu_ticks,
+    parse_stat_user_system_ticks,
     parse_vmrss_kib,
 )
 from loadtest.report import render_chart, write_report
@@ -230,9 +232,26 @@ def test_histogram_quantiles_are_within_four_percent_and_merge() -> None:
     assert abs(a.quantile(0.5) - 50.0) / 50.0 < 0.04 and abs(a.quantile(0.99) - 99.0) / 99.0 < 0.04
 
 
+def test_cpu_figures_split_the_window_between_nodes_redis_bench_and_the_rest() -> None:
+    before = CpuSnapshot(
+        nodes={1: 10.0, 2: 20.0}, nodes_user_system=(25.0, 5.0), redis={9: 1.0}, bench=3.0, machine=100.0
+    )
+    after = CpuSnapshot(
+        nodes={1: 12.0, 2: 23.0}, nodes_user_system=(28.0, 7.0), redis={9: 1.5}, bench=7.0, machine=112.0
+    )
+    figures = before.figures_until(after)
+    assert figures["node_cpu_s"] == 5.0 and figures["node_cpu"] == {"1": 2.0, "2": 3.0}
+    assert (figures["node_user_s"], figures["node_sys_s"]) == (3.0, 2.0)
+    assert (figures["redis_cpu_s"], figures["bench_cpu_s"], figures["others_cpu_s"]) == (0.5, 4.0, 2.5)
+    gone = CpuSnapshot(nodes={}, nodes_user_system=(0.0, 0.0), redis={}, bench=7.0, machine=112.0)
+    assert before.node_cpu_until(gone) is None  # a node died: no figure rather than a wrong one
+    assert latency_ms([0.001, 0.002, 0.010]) == {"p50": 2.0, "p99": 10.0, "max": 10.0}
+
+
 def test_proc_parsers_read_the_kernels_formats() -> None:
     stat = "1234 (tidings (node)) S 1 1234 1234 0 -1 4194560 5000 0 0 0 250 130 0 0 20 0 1 0 100 0 0"
     assert parse_stat_cpu_ticks(stat) == 380
+    assert parse_stat_user_system_ticks(stat) == (250, 130)
     assert parse_vmrss_kib("Name:\tpython\nVmRSS:\t   59284 kB\nThreads:\t1\n") == 59284
     tcp = (
         "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"

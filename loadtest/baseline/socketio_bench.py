@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -60,11 +58,16 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from loadtest.benchkit import (  # noqa: E402
+    CpuSnapshot,
+    latency_ms,
+    per,
+    publish_for,
+    raise_open_file_limit,
+)
 from loadtest.fastws import FastWebSocket, open_websocket  # noqa: E402
-from loadtest.procstat import busy_seconds, cpu_seconds, rss_kib  # noqa: E402
+from loadtest.procstat import busy_seconds, cpu_of, rss_of  # noqa: E402
 from tidings.server.valkey import ValkeyServer, die_with_parent, find_server_binary  # noqa: E402
-
-_TICK = 0.005  # seconds: the shortest sleep of the publishing schedule at high rates (fanout.py's)
 
 SOCKETIO_DIR = HERE / "socketio"
 SERVER_JS = SOCKETIO_DIR / "server.js"
@@ -319,16 +322,15 @@ class Bench:
         return found
 
     def idle_reader(self, ws: FastWebSocket) -> Callable[[bytes, bool], None]:
-        other = self.other
+        return lambda frame, text: self.on_other(ws, frame)
 
-        def on_message(frame: bytes, text: bool) -> None:
-            if frame == b"2":
-                ws.send("3")
-            else:
-                kind = frame[:2].decode(errors="replace")
-                other[kind] = other.get(kind, 0) + 1
-
-        return on_message
+    def on_other(self, ws: FastWebSocket, frame: bytes) -> None:
+        """Anything but a message or an ack: answer Engine.IO's ping (``2``), count the rest by type."""
+        if frame == b"2":
+            ws.send("3")
+        else:
+            kind = frame[:2].decode(errors="replace")
+            self.other[kind] = self.other.get(kind, 0) + 1
 
     def reader(
         self, ws: FastWebSocket, receiver: _Receiver, publisher: _Publisher | None
@@ -336,7 +338,6 @@ class Bench:
         perf = time.perf_counter
         latencies = self.latencies
         decode = self.decode
-        other = self.other
 
         def on_message(frame: bytes, text: bool) -> None:
             if frame.startswith(b'42["msg"'):
@@ -347,11 +348,8 @@ class Bench:
                 _account(receiver, sender, seq)
             elif frame.startswith(b"43") and publisher is not None:  # 43<id>[...]: the ack
                 self.acknowledge(publisher, int(frame[2 : frame.index(b"[")]))
-            elif frame == b"2":
-                ws.send("3")
             else:
-                kind = frame[:2].decode(errors="replace")
-                other[kind] = other.get(kind, 0) + 1
+                self.on_other(ws, frame)
 
         return on_message
 
@@ -375,36 +373,6 @@ class Bench:
         data = {"t": time.perf_counter(), "s": publisher.seq, "p": publisher.key}
         self.published += 1
         publisher.ws.send(f'42{ack_id}["pub",{json.dumps(data, separators=(",", ":"))}]')
-
-    async def publish_at_rate(self, until: float) -> None:
-        """Every publisher at ``rate``/s, spread evenly: fanout.py's schedule, one for all of them."""
-        total_rate = self.o.rate * len(self.publishers)
-        start = time.perf_counter()
-        order = itertools.cycle(self.publishers)
-        sent = 0
-        while (now := time.perf_counter()) < until:
-            due = int((now - start) * total_rate) + 1 - sent
-            for _ in range(due):
-                self.publish_one(next(order))
-            sent += max(due, 0)
-            delay = start + sent / total_rate - time.perf_counter()
-            # Waking up costs the bench ~0.1 ms of CPU: above 200 msg/s in all, send in 5 ms batches.
-            await asyncio.sleep(max(delay, _TICK if total_rate * _TICK > 1 else 0.0))
-
-    async def publish_windowed(self, until: float) -> None:
-        """Each publisher as fast as it is acknowledged, with ``window`` publishes in flight."""
-
-        async def pump(publisher: _Publisher) -> None:
-            publisher.window = asyncio.Semaphore(self.o.window)
-            while (left := until - time.perf_counter()) > 0 and publisher.ws.close_code is None:
-                try:
-                    async with asyncio.timeout(left):
-                        await publisher.window.acquire()
-                except TimeoutError:
-                    break
-                self.publish_one(publisher)
-
-        await asyncio.gather(*(pump(p) for p in self.publishers))
 
     def has_everything(self, receiver: _Receiver) -> bool:
         """Whether ``receiver`` has, without gaps, up to the last acknowledged publish of its room's publishers."""
@@ -431,9 +399,9 @@ class Bench:
         await asyncio.sleep(self.o.settle)
         deadline = time.perf_counter() + self.o.max_settle
         while time.perf_counter() < deadline:
-            before = _cpu(self.pids)
+            before = cpu_of(self.pids)
             await asyncio.sleep(0.5)
-            if sum(_cpu(self.pids).values()) - sum(before.values()) < 0.025:
+            if sum(cpu_of(self.pids).values()) - sum(before.values()) < 0.025:
                 return True
         return False
 
@@ -441,14 +409,14 @@ class Bench:
 
     async def run(self) -> dict[str, Any]:
         o = self.o
-        rss_before = _rss(self.pids)
+        rss_before = rss_of(self.pids)
         opened = time.perf_counter()
         await self.open_all()
         open_s = time.perf_counter() - opened
         settled = time.perf_counter()
         quiet = await self.settle()
         settle_s = time.perf_counter() - settled
-        rss_after = _rss(self.pids)
+        rss_after = rss_of(self.pids)
         result: dict[str, Any] = {
             "scenario": o.scenario,
             "server": "socket.io",
@@ -459,7 +427,7 @@ class Bench:
             "open_s": round(open_s, 2),
             "settle_s": round(settle_s, 2),
             "settled": quiet,
-            "rss_kib_per_connection": _per(
+            "rss_kib_per_connection": per(
                 sum(rss_after.values()) - sum(rss_before.values()), len(self.sockets)
             ),
             "rss_kib_before": rss_before,
@@ -478,24 +446,15 @@ class Bench:
     async def measure(self) -> dict[str, Any]:
         o = self.o
         redis_pids = [self.redis_pid] if self.redis_pid else []
-        cpu_before, bench_before, machine_before = _cpu(self.pids), _own_cpu(), busy_seconds()
-        split_before = _user_sys(self.pids)
-        redis_before = _cpu(redis_pids)
+        before = CpuSnapshot.take(self.pids, redis_pids)
         self.first_publish = time.perf_counter()
-        until = self.first_publish + o.duration
-        if o.rate > 0:
-            await self.publish_at_rate(until)
-        else:
-            await self.publish_windowed(until)
-        publish_s = time.perf_counter() - self.first_publish
+        publish_s = await publish_for(
+            o.duration, self.publishers, self.publish_one, rate=o.rate, window=o.window
+        )
         complete = await self.wait_for_deliveries()
-        cpu_after, bench_after, machine_after = _cpu(self.pids), _own_cpu(), busy_seconds()
-        split_after = _user_sys(self.pids)
-        redis_after = _cpu(redis_pids)
+        after = CpuSnapshot.take(self.pids, redis_pids)
         window = max(self.last_receipt, self.first_publish + publish_s) - self.first_publish
-        node_cpu = sum(cpu_after.values()) - sum(cpu_before.values())
-        redis_cpu = sum(redis_after.values()) - sum(redis_before.values())
-        bench_cpu = bench_after - bench_before
+        node_cpu = before.node_cpu_until(after) or 0.0
         deliveries = sum(r.received for r in self.receivers)
         latencies = sorted(self.latencies)
         accounting = self.account()
@@ -515,26 +474,14 @@ class Bench:
             "publish_rate": round(self.published / publish_s, 1),
             "deliveries": deliveries,
             "deliveries_per_s": round(deliveries / window, 1) if window > 0 else None,
-            "deliveries_per_publication": _per(deliveries, self.published),
-            "latency_ms": {
-                "p50": _ms(_quantile(latencies, 0.50)),
-                "p99": _ms(_quantile(latencies, 0.99)),
-                "max": _ms(latencies[-1] if latencies else 0.0),
-            },
+            "deliveries_per_publication": per(deliveries, self.published),
+            "latency_ms": latency_ms(latencies),
             "complete": complete,
             "drain_s": o.drain,
             **accounting,
-            "node_cpu_s": round(node_cpu, 3),
-            "node_cpu": {
-                str(p): round(cpu_after[p] - cpu_before[p], 3) for p in cpu_after if p in cpu_before
-            },
-            "node_user_s": round(split_after[0] - split_before[0], 3),
-            "node_sys_s": round(split_after[1] - split_before[1], 3),
-            "cpu_us_per_delivery": _per(node_cpu * 1e6, deliveries),
-            "cpu_us_per_publication": _per(node_cpu * 1e6, self.published),
-            "redis_cpu_s": round(redis_cpu, 3) if redis_pids else None,
-            "bench_cpu_s": round(bench_cpu, 3),
-            "others_cpu_s": round((machine_after - machine_before) - bench_cpu - node_cpu - redis_cpu, 2),
+            **before.figures_until(after),
+            "cpu_us_per_delivery": per(node_cpu * 1e6, deliveries),
+            "cpu_us_per_publication": per(node_cpu * 1e6, self.published),
             "window_s": round(window, 3),
         }
 
@@ -584,45 +531,6 @@ def _per_node(nodes: Iterable[int]) -> dict[str, int]:
     for node in nodes:
         counts[f"n{node + 1}"] = counts.get(f"n{node + 1}", 0) + 1
     return dict(sorted(counts.items()))
-
-
-def _cpu(pids: list[int]) -> dict[int, float]:
-    try:
-        return {pid: cpu_seconds(pid) for pid in pids}
-    except OSError:
-        return {}
-
-
-def _user_sys(pids: list[int]) -> tuple[float, float]:
-    """(utime, stime) seconds summed over ``pids``: how much of the node CPU the kernel took."""
-    user = system = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        user, system = user + int(fields[11]), system + int(fields[12])
-    ticks = os.sysconf("SC_CLK_TCK")
-    return user / ticks, system / ticks
-
-
-def _rss(pids: list[int]) -> dict[int, int]:
-    return {pid: rss_kib(pid) for pid in pids}
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _per(total: float, count: int) -> float | None:
-    return round(total / count, 2) if count else None
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
 
 
 # --- versions, table, main ---------------------------------------------------------------------------
@@ -730,14 +638,6 @@ def wait_for_quiet_machine(limit: float) -> dict[str, Any]:
             }
 
 
-def _raise_open_file_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(
-            resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard), hard)
-        )
-
-
 async def _bounded(bench: Bench, limit: float) -> dict[str, Any]:
     async with asyncio.timeout(limit):
         return await bench.run()
@@ -748,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (SOCKETIO_DIR / "node_modules" / "socket.io").is_dir():
         print(f"run `npm ci` in {SOCKETIO_DIR} first", file=sys.stderr)
         return 2
-    _raise_open_file_limit(o.connections + o.rooms + 512)  # the nodes inherit it
+    raise_open_file_limit(o.connections + o.rooms + 512)  # the nodes inherit it
     machine = wait_for_quiet_machine(o.wait_quiet)
     if not machine["quiet"]:
         print(
