@@ -89,7 +89,7 @@ async def test_sigterm_drains_in_batches_then_exits_zero(tmp_path: Path) -> None
     times = sorted(when for when, _, _ in results)
     assert times[-1] - times[0] >= 0.5
     # Structured logs: one JSON object per line, each stamped with the node id.
-    lines = [json.loads(line) for line in node.log_path.read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in node.log.read_text().splitlines() if line.strip()]
     assert lines and all(line["node"] == "draining" for line in lines)
     assert any(
         line["logger"] == "tidings.drain" and "6 told to reconnect" in line["message"] for line in lines

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ..support.cluster import NodeProcess
 from ..support.tools import missing_tool
-from .servers import ServedNode, serve_node
+from .servers import serve_node
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext
@@ -63,7 +64,7 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def solo_node(artifacts: Path) -> Iterator[ServedNode]:
+def solo_node(artifacts: Path) -> Iterator[NodeProcess]:
     """One real ``tidings serve`` process (in-memory backplane, dev mode)."""
     with serve_node("e2e-solo", artifacts) as served:
         yield served

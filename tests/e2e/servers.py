@@ -15,40 +15,21 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..support.cluster import healthz_node
+from ..support.cluster import NodeProcess, healthz_node
 from ..support.ports import free_port
 from ..support.timing import UNIT, wait_until_sync
 
-__all__ = ["E2E_JWT_SECRET", "ServedNode", "serve_node", "start_node", "stop_node"]
+__all__ = ["E2E_JWT_SECRET", "serve_node", "start_node", "stop_node"]
 
 E2E_JWT_SECRET = "e2e-secret-which-is-long-enough-for-hs256-tokens"
 _TIDINGS = Path(sys.executable).with_name("tidings")
 
 
-@dataclass
-class ServedNode:
-    node_id: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-
-def _healthy(node: ServedNode) -> bool:
+def _healthy(node: NodeProcess) -> bool:
     if node.process.poll() is not None:
-        raise AssertionError(
-            f"node {node.node_id} exited with {node.process.returncode}; see {node.log_path}"
-        )
+        raise AssertionError(f"node {node.node_id} exited with {node.process.returncode}; see {node.log}")
     return healthz_node(node.http_url, timeout=UNIT) == node.node_id
 
 
@@ -59,7 +40,7 @@ def start_node(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     log_level: str = "warning",
-) -> ServedNode:
+) -> NodeProcess:
     """Start ``tidings serve`` on ``port`` (a free one by default) and wait until it answers /healthz.
 
     Dev mode is on unless ``env`` sets ``TIDINGS_DEV``.
@@ -79,7 +60,7 @@ def start_node(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    node = ServedNode(node_id, chosen, process, log_path)
+    node = NodeProcess(node_id, chosen, process, log_path)
     try:
         wait_until_sync(lambda: _healthy(node), timeout=15 * UNIT, what=f"node {node_id} to answer /healthz")
     except BaseException:
@@ -88,7 +69,7 @@ def start_node(
     return node
 
 
-def stop_node(node: ServedNode, *, sig: signal.Signals = signal.SIGTERM) -> None:
+def stop_node(node: NodeProcess, *, sig: signal.Signals = signal.SIGTERM) -> None:
     """Stop the node we started (SIGTERM, or ``sig``), then wait; kill it if it does not end in time."""
     if node.process.poll() is None:
         node.process.send_signal(sig)
@@ -108,7 +89,7 @@ def serve_node(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     log_level: str = "warning",
-) -> Iterator[ServedNode]:
+) -> Iterator[NodeProcess]:
     """A node for the duration of the block."""
     node = start_node(node_id, log_dir, port=port, env=env, log_level=log_level)
     try:
