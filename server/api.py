@@ -19,9 +19,9 @@ from starlette.routing import Route
 
 from .auth import check_api_key, issue_token
 from .backplane import BackplaneUnavailable
-from .commands import publication_dict
+from .commands import history_result
 from .metrics import metrics_endpoint
-from .protocol import MAX_HISTORY_LIMIT, ProtocolError, StreamPosition, check_channel, check_data
+from .protocol import MAX_HISTORY_LIMIT, MAX_ID, ProtocolError, StreamPosition, check_channel, check_data
 from .state import NodeState
 
 __all__ = ["ApiError", "routes"]
@@ -133,10 +133,32 @@ async def history(request: Request, state: NodeState) -> Response:
     if not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise ApiError(400, f"limit must be from 1 to {MAX_HISTORY_LIMIT}")
     reverse = query.get("reverse", "false").lower() in ("1", "true", "yes")
-    page = await state["backplane"].history(channel, since=since, limit=limit, reverse=reverse)
-    return JSONResponse(
-        {**page.top.encode(), "publications": [publication_dict(p) for p in page.publications]}
+    before = _query_offset(query.get("before_offset"), "before_offset")
+    page = await state["backplane"].history(
+        channel,
+        since=since,
+        limit=limit,
+        reverse=reverse,
+        before=before,
+        max_bytes=state["settings"].reply_budget,
     )
+    result = history_result(page, reverse=reverse)
+    if "cursor" in result:  # as query parameters of the next request
+        cursor = result["cursor"]
+        result["cursor"] = (
+            {"before_offset": cursor["before"]}
+            if "before" in cursor
+            else {"since_epoch": cursor["since"]["epoch"], "since_offset": cursor["since"]["offset"]}
+        )
+    return JSONResponse(result)
+
+
+def _query_offset(raw: str | None, name: str) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+        raise ApiError(400, f"{name} must be a positive integer")
+    return int(raw)
 
 
 def _room(request: Request) -> str:

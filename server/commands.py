@@ -17,10 +17,10 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .auth import AuthError, TokenVerifier
-from .backplane import Backplane, BackplaneUnavailable, Publication, Sender
+from .backplane import Backplane, BackplaneUnavailable, HistoryPage, Publication, Sender
 from .config import Settings
 from .connection import Connection, Flusher
-from .history import recover
+from .history import Recovery, recover
 from .hub import Hub
 from .limits import ConnectionLimits
 from .metrics import NodeMetrics
@@ -53,7 +53,7 @@ from .rooms import CachedRooms, room_name
 if TYPE_CHECKING:
     from .notifications import Notifier
 
-__all__ = ["CommandRunner", "publication_dict"]
+__all__ = ["CommandRunner", "ReplyBudget", "history_result", "publication_dict"]
 
 logger = logging.getLogger("tidings.commands")
 
@@ -73,6 +73,40 @@ def publication_dict(publication: Publication) -> dict[str, Any]:
     if publication.sender is not None:
         result["from"] = publication.sender.encode()
     return result
+
+
+def history_result(page: HistoryPage, *, reverse: bool) -> dict[str, Any]:
+    """A history page as the ``history`` op and ``GET .../history`` answer it.
+
+    A page that left publications out (its limit or its byte bound) carries ``cursor``: the
+    fields to send with the next request to read on (``since`` reading oldest first, ``before``
+    reading newest first).
+    """
+    result: dict[str, Any] = {
+        **page.top.encode(),
+        "publications": [publication_dict(p) for p in page.publications],
+    }
+    if page.more and page.publications:
+        last = page.publications[-1]
+        assert last.offset is not None  # history holds no ephemeral publication
+        result["cursor"] = (
+            {"before": last.offset}
+            if reverse
+            else {"since": StreamPosition(last.epoch, last.offset).encode()}
+        )
+    return result
+
+
+class ReplyBudget:
+    """Bytes of publications one reply may still carry; the channels of a ``connect`` share one."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+
+    def spend(self, size: int) -> None:
+        self.remaining = max(0, self.remaining - size)
 
 
 class CommandRunner:
@@ -173,7 +207,8 @@ class CommandRunner:
         if isinstance(command, Connect):
             return await self._connect(connection, command, releases)
         if isinstance(command, Subscribe):
-            return await self._subscribe(connection, command.channel, command.since, releases)
+            budget = ReplyBudget(self.settings.reply_budget)
+            return await self._subscribe(connection, command.channel, command.since, releases, budget)
         if isinstance(command, Unsubscribe):
             await self.drop_subscription(connection, command.channel)
             return {}
@@ -188,9 +223,14 @@ class CommandRunner:
         if isinstance(command, History):
             await self._check_room_access(connection, command.channel)
             page = await self.backplane.history(
-                command.channel, since=command.since, limit=command.limit, reverse=command.reverse
+                command.channel,
+                since=command.since,
+                limit=command.limit,
+                reverse=command.reverse,
+                before=command.before,
+                max_bytes=self.settings.reply_budget,
             )
-            return {**page.top.encode(), "publications": [publication_dict(p) for p in page.publications]}
+            return history_result(page, reverse=command.reverse)
         if isinstance(command, Presence):
             await self._check_room_access(connection, command.channel)
             members = await self.presence.members(command.channel)
@@ -202,7 +242,11 @@ class CommandRunner:
             if isinstance(command, Read):
                 return {"unread": await self.notifier.read(user, command.ids, read_all=command.all)}
             return await self.notifier.page(
-                user, unread_only=command.unread_only, limit=command.limit, before=command.before
+                user,
+                unread_only=command.unread_only,
+                limit=command.limit,
+                before=command.before,
+                max_bytes=self.settings.reply_budget,
             )
         if isinstance(command, Ping):
             return {}
@@ -221,13 +265,36 @@ class CommandRunner:
             return None
         session = connection.session
         session.open(principal)
+        session.opened_at = time.time()
         self.hub.register(connection)
+        try:
+            channels = await self._connect_channels(connection, command, releases)
+            unread = await self.notifier.check_in(principal.user) if self.notifier is not None else 0
+        except BaseException:
+            # Half way (e.g. Redis went away): undo it all, so that the client may send connect again.
+            await self._undo_connect(connection, releases)
+            raise
+        return {
+            "client": connection.client_id,
+            "user": principal.user,
+            "node": self.backplane.node_id,
+            "ping_interval": self.settings.ping_interval,
+            "channels": channels,
+            "unread": unread,
+        }
+
+    async def _connect_channels(
+        self, connection: Connection, command: Connect, releases: list[tuple[str, StreamPosition]]
+    ) -> dict[str, Any]:
+        """Subscribe what a ``connect`` asks for, the personal channel first; one reply budget for all."""
+        session = connection.session
         channels: dict[str, Any] = {}
-        wanted: dict[str, StreamPosition | None] = {f"user:{principal.user}": None}
+        wanted: dict[str, StreamPosition | None] = {f"user:{session.user}": None}
         for request in command.subscribe:
             # A reconnecting client lists its personal channel with since: that position must count.
             if wanted.get(request.channel) is None:
                 wanted[request.channel] = request.since
+        budget = ReplyBudget(self.settings.reply_budget)
         for channel, since in wanted.items():
             if not session.may_subscribe(channel):
                 channels[channel] = {
@@ -235,17 +302,24 @@ class CommandRunner:
                 }
                 continue
             try:
-                channels[channel] = await self._subscribe(connection, channel, since, releases)
+                channels[channel] = await self._subscribe(connection, channel, since, releases, budget)
             except ProtocolError as exc:  # e.g. a private room: refused per channel, the connect succeeds
                 channels[channel] = {"error": {"code": exc.code, "message": exc.message}}
-        return {
-            "client": connection.client_id,
-            "user": principal.user,
-            "node": self.backplane.node_id,
-            "ping_interval": self.settings.ping_interval,
-            "channels": channels,
-            "unread": await self.notifier.check_in(principal.user) if self.notifier is not None else 0,
-        }
+        return channels
+
+    async def _undo_connect(self, connection: Connection, releases: list[tuple[str, StreamPosition]]) -> None:
+        for channel, _ in releases:
+            connection.release(channel, after=None)
+        releases.clear()
+        self.hub.unregister(connection)
+        self.limits.remove_user(connection.session.user)
+        for channel in list(connection.session.channels):
+            try:
+                await self.drop_subscription(connection, channel)
+            except BackplaneUnavailable:
+                # The hub let go of it; a presence entry left in Redis goes with the dead-node sweep.
+                await self.hub.unsubscribe(channel, connection)
+        connection.session.reset()
 
     async def _subscribe(
         self,
@@ -253,7 +327,9 @@ class CommandRunner:
         channel: str,
         since: StreamPosition | None,
         releases: list[tuple[str, StreamPosition]],
+        budget: ReplyBudget,
     ) -> dict[str, Any]:
+        generation = self.rooms.generation
         await self._check_room_access(connection, channel)
         # Hold live publications from the moment the backplane delivers them until the reply is queued,
         # then release those not already in the reply: no gap, no duplicate (DESIGN.md, Guarantee 2).
@@ -268,23 +344,52 @@ class CommandRunner:
                 top = await self.backplane.top(channel)
                 result: dict[str, Any] = top.encode()
             else:
-                page = await self.backplane.history(channel, since=since, limit=MAX_RECOVERY)
-                top = page.top
-                recovery = recover(since, top, page.publications, limit=MAX_RECOVERY)
-                result = {
-                    **top.encode(),
-                    "recovered": recovery.recovered,
-                    "publications": [publication_dict(p) for p in recovery.publications],
-                }
+                top, result = await self._recover(channel, since, budget)
         except BaseException:
             connection.release(channel, after=None)
             await self.hub.unsubscribe(channel, connection)
             raise
         connection.session.add_channel(channel)
         releases.append((channel, top))
+        if self.rooms.generation != generation:
+            # Room access changed while this subscribe was under way: a kick sent meanwhile may have
+            # passed before this connection was in the hub. Ask again now that it is.
+            try:
+                await self._check_room_access(connection, channel)
+            except BaseException:
+                releases.pop()
+                connection.release(channel, after=None)
+                await self.drop_subscription(connection, channel)
+                raise
         if tracks_presence(channel):
             await self._add_presence(connection, channel)
         return result
+
+    async def _recover(
+        self, channel: str, since: StreamPosition, budget: ReplyBudget
+    ) -> tuple[StreamPosition, dict[str, Any]]:
+        """The top and the subscribe result of a resubscribe from ``since``, within ``budget`` bytes.
+
+        What does not fit is not recovered (``recovered: false``): the client reads history
+        page by page instead. Never a reply bigger than the budget, which would close the
+        connection as too slow and make it ask for the same again, forever.
+        """
+        page = await self.backplane.history(
+            channel, since=since, limit=MAX_RECOVERY, max_bytes=max(1, budget.remaining)
+        )
+        top = page.top
+        if not top.epoch:  # never published: give it the epoch its first publication will carry
+            top = await self.backplane.top(channel)
+        fits = not page.more and (page.size <= budget.remaining or not page.publications)
+        recovery = recover(since, top, page.publications if fits else [], limit=MAX_RECOVERY)
+        if not fits:
+            recovery = Recovery(False, [])
+        budget.spend(page.size if fits else 0)
+        return top, {
+            **top.encode(),
+            "recovered": recovery.recovered,
+            "publications": [publication_dict(p) for p in recovery.publications],
+        }
 
     async def _check_room_access(self, connection: Connection, channel: str) -> None:
         room = room_name(channel)

@@ -68,6 +68,9 @@ class Settings:
     dev: bool = False  # enables POST /api/dev/token for the demo UI
     max_message_size: int = 64 * 1024  # largest client frame
     outbox_size: int = 1024 * 1024  # bytes queued per connection before it is closed as too slow (4008)
+    # Bytes of publications or notifications one reply may carry (history, recovery, inbox pages);
+    # capped at half the outbox, so that a reply never closes its own connection as too slow.
+    max_reply_size: int = 256 * 1024
     max_channels: int = 256  # subscriptions per connection
     connect_timeout: float = 10.0  # a socket must send connect within this
     ping_interval: float = 25.0  # WebSocket ping interval (dead peer detection)
@@ -92,9 +95,18 @@ class Settings:
     inbox_size: int = 1000  # notifications kept per user (the oldest go first)
     inbox_ttl: float = 30 * 86400.0  # seconds an inbox lives after its last notification
 
+    @property
+    def reply_budget(self) -> int:
+        """Bytes of publications or notifications one reply may carry (``max_reply_size``, at most half the outbox)."""
+        return max(1, min(self.max_reply_size, self.outbox_size // 2))
+
     def history_policies(self) -> dict[str, HistoryPolicy]:
         """History policy per namespace; the key "" is the default."""
-        policies = {"": HistoryPolicy(self.history_size, self.history_ttl)}
+        policies = {
+            "": HistoryPolicy(self.history_size, self.history_ttl),
+            # Control messages between nodes (control.py): enough to repair a pub/sub outage of minutes.
+            "sys": HistoryPolicy(size=10_000, ttl=3600.0),
+        }
         policies.update(self.history_overrides)
         return policies
 
@@ -170,6 +182,7 @@ class Settings:
 _POSITIVE_INTS = (
     "max_message_size",
     "outbox_size",
+    "max_reply_size",
     "max_channels",
     "history_size",
     "max_connections",

@@ -64,7 +64,11 @@ async def list_notifications(request: Request, state: NodeState) -> Response:
     if before is not None and len(before) > 64:
         raise ApiError(400, "before must be a notification id")
     page = await state["notifier"].page(
-        user, unread_only=unread_only in ("1", "true", "yes"), limit=limit, before=before
+        user,
+        unread_only=unread_only in ("1", "true", "yes"),
+        limit=limit,
+        before=before,
+        max_bytes=state["settings"].reply_budget,
     )
     return JSONResponse(page)
 

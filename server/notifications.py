@@ -420,12 +420,31 @@ class Notifier:
         raise RuntimeError("fan-out scan did not end")
 
     async def page(
-        self, user: str, *, unread_only: bool = False, limit: int = 50, before: str | None = None
+        self,
+        user: str,
+        *,
+        unread_only: bool = False,
+        limit: int = 50,
+        before: str | None = None,
+        max_bytes: int | None = None,
     ) -> dict[str, Any]:
-        """``{notifications, unread}`` of the user's inbox, newest first."""
+        """``{notifications, unread, cursor?}`` of the user's inbox, newest first.
+
+        At most ``max_bytes`` of stored notifications (at least one); ``cursor`` is there when the
+        page is full or was cut short: pass it as ``before`` to read on.
+        """
         page = await self.store.page(user, unread_only=unread_only, limit=limit, before=before)
-        notifications = [{**json.loads(item), "read": read} for item, read in page.items]
-        return {"notifications": notifications, "unread": page.unread}
+        notifications: list[dict[str, Any]] = []
+        size = 0
+        for item, read in page.items:
+            size += len(item)
+            if max_bytes is not None and notifications and size > max_bytes:
+                break
+            notifications.append({**json.loads(item), "read": read})
+        result: dict[str, Any] = {"notifications": notifications, "unread": page.unread}
+        if notifications and (len(notifications) < len(page.items) or len(page.items) >= limit):
+            result["cursor"] = notifications[-1]["id"]
+        return result
 
     async def read(self, user: str, ids: Sequence[str] = (), *, read_all: bool = False) -> int:
         """Mark read; every connection of the user, on every node, gets the new unread count."""

@@ -194,6 +194,7 @@ class History:
     since: StreamPosition | None = None
     limit: int = 100
     reverse: bool = False
+    before: int | None = None  # only offsets below it (continues a newest-first read)
     op: Literal["history"] = "history"
 
 
@@ -381,6 +382,7 @@ def _build_command(command_id: int, message: dict[str, Any]) -> Command:
             None if since is None else StreamPosition.parse(since),
             _optional_int(message, "limit", default=100, low=1, high=MAX_HISTORY_LIMIT),
             _optional_bool(message, "reverse"),
+            _optional_int(message, "before", default=0, low=1, high=MAX_ID) if "before" in message else None,
         )
     if op == "presence":
         return Presence(command_id, check_channel(message.get("channel")))

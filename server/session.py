@@ -42,7 +42,7 @@ class Session:
     ``remove_channel`` once it has carried a command out.
     """
 
-    __slots__ = ("channels", "client_id", "max_channels", "principal", "state")
+    __slots__ = ("channels", "client_id", "max_channels", "opened_at", "principal", "state")
 
     def __init__(self, client_id: str, *, max_channels: int) -> None:
         self.client_id = client_id
@@ -50,6 +50,7 @@ class Session:
         self.state = State.CONNECTING
         self.principal: Principal | None = None
         self.channels: set[str] = set()
+        self.opened_at = 0.0  # wall-clock seconds of the successful connect (set by the driver)
 
     @property
     def user(self) -> str:
@@ -113,6 +114,13 @@ class Session:
             raise ProtocolError("already connected")
         self.principal = principal
         self.state = State.OPEN
+
+    def reset(self) -> None:
+        """A ``connect`` failed half way (and was undone): the next command must be ``connect`` again."""
+        if self.state is State.OPEN:
+            self.state = State.CONNECTING
+        self.principal = None
+        self.channels.clear()
 
     def may_subscribe(self, channel: str) -> bool:
         """Namespace rule for the subscriptions asked for in ``connect`` (checked once the user is known)."""

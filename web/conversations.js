@@ -346,11 +346,13 @@ export class Conversations {
     try {
       const page = await this.client.latest(conversation.channel, PAGE_SIZE);
       if (this.conversations.get(conversation.channel) !== conversation) return;
-      conversation.epoch = page.epoch;
+      if (page.epoch) conversation.epoch = page.epoch; // "" : nothing was ever published here
       const stick = this.nearBottom();
       for (const publication of page.publications) this.insert(conversation, publication);
       const first = page.publications[0];
-      conversation.complete = page.publications.length < PAGE_SIZE || (first !== undefined && first.offset <= 1);
+      // A page cut short by its byte bound carries a cursor: older messages are still there.
+      conversation.complete =
+        first === undefined || first.offset <= 1 || (page.cursor === undefined && page.publications.length < PAGE_SIZE);
       if (conversation === this.active && (stick || conversation.scrollTop === null)) this.scrollToBottom();
       this.markRead(conversation);
     } catch (error) {

@@ -642,12 +642,17 @@ export class TidingsClient {
     return this._request("publish", fields, { wait: !ephemeral });
   }
 
-  /** Raw `history`: {epoch, offset, publications}; `reverse` gives the newest first. */
-  history(channel, { since, limit, reverse } = {}) {
+  /**
+   * Raw `history`: {epoch, offset, publications, cursor?}; `reverse` gives the newest first,
+   * `before` only offsets below it. A page is bounded in bytes too: `cursor`, when present, holds
+   * the fields to add to the next request to read on (`since`, or `before` when reading newest first).
+   */
+  history(channel, { since, limit, reverse, before } = {}) {
     const fields = { channel };
     if (since) fields.since = { epoch: since.epoch, offset: since.offset };
     if (limit !== undefined) fields.limit = limit;
     if (reverse) fields.reverse = true;
+    if (before !== undefined) fields.before = before;
     return this._request("history", fields);
   }
 
@@ -664,11 +669,13 @@ export class TidingsClient {
    */
   async older(channel, { epoch, before, limit = 50 }) {
     if (before <= 1) return { publications: [], complete: true, reset: false };
-    const from = Math.max(0, before - 1 - limit);
-    const page = await this.history(channel, { since: { epoch, offset: from }, limit: before - 1 - from });
+    // Newest first: a page cut short by its byte bound still ends right below `before`.
+    const page = await this.history(channel, { before, limit, reverse: true });
     if (page.epoch !== epoch) return { publications: [], complete: false, reset: true };
-    const publications = page.publications.filter((p) => p.offset < before);
-    const complete = from === 0 || publications.length === 0 || publications[0].offset > from + 1;
+    const publications = page.publications.slice().reverse();
+    const oldest = publications[0];
+    const complete =
+      oldest === undefined || oldest.offset <= 1 || (page.cursor === undefined && publications.length < limit);
     return { publications, complete, reset: false };
   }
 

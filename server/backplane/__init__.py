@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from ..protocol import StreamPosition
 
 __all__ = [
+    "HISTORY_OVERHEAD",
     "Backplane",
     "BackplaneUnavailable",
     "HistoryPage",
@@ -28,6 +29,11 @@ __all__ = [
     "Sender",
     "StreamPosition",
 ]
+
+
+HISTORY_OVERHEAD = 96
+"""Bytes counted per publication besides its payload when a history read is bounded by ``max_bytes``
+(channel, epoch, offset, ts and punctuation around it in a reply; history.lua counts the same)."""
 
 
 class BackplaneUnavailable(Exception):
@@ -59,10 +65,17 @@ class Publication:
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
-    """Publications read from a channel's history, and the channel's top position at that moment."""
+    """Publications read from a channel's history, and the channel's top position at that moment.
+
+    ``more`` is True when the range asked for holds publications the page left out (it stopped at
+    its ``limit`` or at its byte bound): read on after the last one (or before the oldest one, when
+    reading newest first).
+    """
 
     top: StreamPosition
     publications: list[Publication]
+    more: bool = False
+    size: int = 0  # bytes the publications were counted as against ``max_bytes``
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,16 +138,30 @@ class Backplane(Protocol):
         """Stop receiving ``channel`` on this node."""
 
     async def history(
-        self, channel: str, *, since: StreamPosition | None = None, limit: int = 100, reverse: bool = False
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 100,
+        reverse: bool = False,
+        before: int | None = None,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
-        """Read history.
+        """Read history. Writes nothing: a channel that never had a publication reads as epoch "" offset 0.
 
         Args:
             since: only publications with a larger offset (the epoch is not checked here;
                 ``history.recover`` compares it with ``top``).
             limit: at most this many publications.
             reverse: newest first; with ``since``, the newest ``limit`` after it.
+            before: only publications with a smaller offset.
+            max_bytes: stop before the publications' payloads (plus a fixed overhead each) exceed
+                this, so a reply is bounded before it is built; at least one is returned.
         """
 
     async def top(self, channel: str) -> StreamPosition:
-        """The channel's current position: its epoch and the offset of its last publication (0 if none)."""
+        """The channel's current position: its epoch and the offset of its last publication (0 if none).
+
+        A channel without an epoch gets one here, so that a subscriber learns the epoch its first
+        publication will carry.
+        """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
 import time
 from collections import deque
@@ -9,7 +11,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import HistoryPage, HistoryPolicy, Publication, PublicationHandler, Sender, StreamPosition
+from . import (
+    HISTORY_OVERHEAD,
+    HistoryPage,
+    HistoryPolicy,
+    Publication,
+    PublicationHandler,
+    Sender,
+    StreamPosition,
+)
 
 __all__ = ["InMemoryBackplane"]
 
@@ -99,13 +109,35 @@ class InMemoryBackplane:
         self._subscribed.discard(channel)
 
     async def history(
-        self, channel: str, *, since: StreamPosition | None = None, limit: int = 100, reverse: bool = False
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 100,
+        reverse: bool = False,
+        before: int | None = None,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
-        stream = self._stream(channel)
+        stream = self._streams.get(channel)
+        if stream is None:  # a read creates nothing, as with Redis
+            return HistoryPage(StreamPosition("", 0), [])
+        self._expire(channel, stream)
         after = since.offset if since is not None else 0
-        selected = [p for p in stream.publications if p.offset is not None and p.offset > after]
-        selected = selected[-limit:][::-1] if reverse else selected[:limit]
-        return HistoryPage(StreamPosition(stream.epoch, stream.offset), selected)
+        upper = before if before is not None else math.inf
+        selected = [p for p in stream.publications if p.offset is not None and after < p.offset < upper]
+        if reverse:
+            selected.reverse()
+        page: list[Publication] = []
+        size = 0
+        for publication in selected[:limit]:
+            # The measure of history.lua: the payload (here its JSON) plus a fixed overhead.
+            cost = len(json.dumps(publication.data, ensure_ascii=False).encode()) + HISTORY_OVERHEAD
+            if max_bytes and page and size + cost > max_bytes:
+                break
+            size += cost
+            page.append(publication)
+        more = len(page) < len(selected)
+        return HistoryPage(StreamPosition(stream.epoch, stream.offset), page, more=more, size=size)
 
     async def top(self, channel: str) -> StreamPosition:
         stream = self._stream(channel)

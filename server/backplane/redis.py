@@ -45,6 +45,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
 from . import (
+    HISTORY_OVERHEAD,
     BackplaneUnavailable,
     HistoryPage,
     HistoryPolicy,
@@ -76,6 +77,7 @@ _SUBSCRIBE, _UNSUBSCRIBE = "SUBSCRIBE", "UNSUBSCRIBE"
 _MAX_CHANNELS_PER_COMMAND = 1000
 _REPAIR_BATCH = 128  # channels read in one pipelined round trip while repairing
 _REPAIR_LIMIT = 1000  # publications read per channel per round trip
+_REPAIR_BYTES = 256 * 1024  # and about this many bytes of them: a batch of channels stays bounded in memory
 
 
 @dataclass(slots=True, eq=False)
@@ -224,32 +226,66 @@ class RedisBackplane:
         return StreamPosition(epoch.decode(), int(offset))
 
     async def history(
-        self, channel: str, *, since: StreamPosition | None = None, limit: int = 100, reverse: bool = False
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 100,
+        reverse: bool = False,
+        before: int | None = None,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         return await self._read(
-            channel, after=since.offset if since is not None else 0, limit=limit, reverse=reverse
+            channel,
+            after=since.offset if since is not None else 0,
+            limit=limit,
+            reverse=reverse,
+            before=before,
+            max_bytes=max_bytes,
         )
 
     async def top(self, channel: str) -> StreamPosition:
-        page = await self._read(channel, after=0, limit=0)
+        page = await self._read(channel, after=0, limit=0, create=True)
         return page.top
 
-    async def _read(self, channel: str, *, after: int, limit: int, reverse: bool = False) -> HistoryPage:
+    async def _read(
+        self,
+        channel: str,
+        *,
+        after: int,
+        limit: int,
+        reverse: bool = False,
+        before: int | None = None,
+        max_bytes: int | None = None,
+        create: bool = False,
+    ) -> HistoryPage:
         policy = self._policy(channel)
-        epoch_raw, top, entries = await self._pipeline.evalsha(
+        epoch_raw, top, entries, more = await self._pipeline.evalsha(
             HISTORY_SCRIPT,
             [
                 redis_keys.channel_meta(self._prefix, channel),
                 redis_keys.channel_stream(self._prefix, channel),
             ],
-            [self._new_epoch(), _ttl_ms(policy), after, limit, int(reverse), policy.size],
+            [
+                self._new_epoch(),
+                _ttl_ms(policy),
+                after,
+                limit,
+                int(reverse),
+                policy.size,
+                max_bytes or 0,
+                int(create),
+                before or 0,
+            ],
         )
         epoch = epoch_raw.decode()
-        publications = [
-            decode_publication(channel, epoch, offset_of_entry_id(entry_id), _field(fields, b"p"))
-            for entry_id, fields in entries
-        ]
-        return HistoryPage(StreamPosition(epoch, int(top)), publications)
+        publications = []
+        size = 0
+        for entry_id, fields in entries:
+            payload = _field(fields, b"p")
+            size += len(payload) + HISTORY_OVERHEAD
+            publications.append(decode_publication(channel, epoch, offset_of_entry_id(entry_id), payload))
+        return HistoryPage(StreamPosition(epoch, int(top)), publications, more=bool(more), size=size)
 
     # --- subscriptions -------------------------------------------------------------------------------
 
@@ -533,7 +569,7 @@ class RedisBackplane:
                 generation = self._link_generation
                 pages = await asyncio.gather(
                     *(
-                        self._read(channel, after=request[1], limit=_REPAIR_LIMIT)
+                        self._read(channel, after=request[1], limit=_REPAIR_LIMIT, max_bytes=_REPAIR_BYTES)
                         for channel, _, request in jobs
                     ),
                     return_exceptions=True,

@@ -118,10 +118,9 @@ class OffsetTracker:
                 lost.append((self.offset + 1, offset - 1))
             self.offset = offset
             publications.append(publication)
-        if len(page.publications) >= limit and self.offset < page.top.offset:
-            return Repair(
-                publications, lost, again=True, new_epoch=new_epoch
-            )  # the page stopped at its limit
+        if (page.more or len(page.publications) >= limit) and self.offset < page.top.offset:
+            # The page stopped at its limit (count or bytes): read on from where it stopped.
+            return Repair(publications, lost, again=True, new_epoch=new_epoch)
         if self.offset < page.top.offset:
             lost.append((self.offset + 1, page.top.offset))
             self.offset = page.top.offset
