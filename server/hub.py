@@ -62,6 +62,10 @@ class Hub:
     def subscribers(self, channel: str) -> Iterator[Subscriber]:
         return iter(tuple(self._channels.get(channel, ())))
 
+    def channels(self) -> list[str]:
+        """The channels that have a local subscriber now."""
+        return list(self._channels)
+
     @property
     def channel_count(self) -> int:
         return len(self._channels)

@@ -3,13 +3,15 @@
 The source of truth is Redis (or memory on a single node). Nodes keep a local
 cache of answers, and every node drops a room's cached answers the moment the
 room changes: the node that changes it publishes ``invalidate_room`` on the
-control channel (control.py). Cached answers also expire after ``cache_ttl`` as
-a safety net for an invalidation lost with a pub/sub reconnect.
+control channel (control.py), which is as reliable as publications: its messages
+have offsets and a gap is repaired from history. Cached answers also expire after
+``cache_ttl`` as a last safety net.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -96,41 +98,80 @@ class RedisRooms:
 
 
 class CachedRooms:
-    """A node-local cache in front of a RoomDirectory, invalidated cluster-wide (see module docstring)."""
+    """A node-local cache in front of a RoomDirectory, invalidated cluster-wide (see module docstring).
 
-    def __init__(self, directory: RoomDirectory, *, cache_ttl: float = 30.0) -> None:
+    Guarantees:
+      * At most ``max_entries`` answers are kept (least recently used go first): a user asking about
+        endless room names cannot grow the node's memory.
+      * ``invalidate(room)`` forgets that room's answers in time proportional to them, not to the cache.
+      * An answer read from the directory while an invalidation went by is not cached, and
+        ``generation`` changes with every invalidation, so a caller can tell that its answer
+        may be stale and ask again.
+    """
+
+    def __init__(
+        self, directory: RoomDirectory, *, cache_ttl: float = 30.0, max_entries: int = 10_000
+    ) -> None:
         self.directory = directory
         self.cache_ttl = cache_ttl
-        self._private: dict[str, tuple[bool, float]] = {}
-        self._members: dict[tuple[str, str], tuple[bool, float]] = {}
-        self._generation = 0  # bumped by every invalidation: an answer read before one is not cached
+        self.max_entries = max_entries
+        self._private: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+        self._members: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
+        self._users_of: dict[str, set[str]] = {}  # room → users with a cached answer (for invalidate)
+        self.generation = 0  # bumped by every invalidation: an answer read before one is not cached
+
+    def __len__(self) -> int:
+        return len(self._private) + len(self._members)
 
     def invalidate(self, room: str) -> None:
         """Forget everything cached about ``room`` (on a control message or a local change)."""
-        self._generation += 1
+        self.generation += 1
         self._private.pop(room, None)
-        for key in [key for key in self._members if key[0] == room]:
-            del self._members[key]
+        for user in self._users_of.pop(room, ()):
+            self._members.pop((room, user), None)
 
     def clear(self) -> None:
-        self._generation += 1
+        self.generation += 1
         self._private.clear()
         self._members.clear()
+        self._users_of.clear()
 
     async def may_access(self, room: str, user: str) -> bool:
         """Whether ``user`` may read or write ``room``: public rooms are open, private ones need membership."""
         now = time.monotonic()
-        generation = self._generation
+        generation = self.generation
         cached = self._private.get(room)
         if cached is None or cached[1] < now:
             cached = (await self.directory.is_private(room), now + self.cache_ttl)
-            if generation == self._generation:
+            if generation == self.generation:
                 self._private[room] = cached
+                self._private.move_to_end(room)
+                self._evict()
+        else:
+            self._private.move_to_end(room)
         if not cached[0]:
             return True
-        member = self._members.get((room, user))
+        key = (room, user)
+        member = self._members.get(key)
         if member is None or member[1] < now:
             member = (await self.directory.is_member(room, user), now + self.cache_ttl)
-            if generation == self._generation:
-                self._members[(room, user)] = member
+            if generation == self.generation:
+                self._members[key] = member
+                self._users_of.setdefault(room, set()).add(user)
+                self._members.move_to_end(key)
+                self._evict()
+        else:
+            self._members.move_to_end(key)
         return member[0]
+
+    def _evict(self) -> None:
+        while len(self._private) + len(self._members) > self.max_entries:
+            if self._members and (not self._private or len(self._members) >= len(self._private)):
+                (room, user), _ = self._members.popitem(last=False)
+                users = self._users_of.get(room)
+                if users is not None:
+                    users.discard(user)
+                    if not users:
+                        del self._users_of[room]
+            else:
+                self._private.popitem(last=False)

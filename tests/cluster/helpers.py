@@ -32,6 +32,7 @@ class RawSubscriber:
         self.user = user
         self.info: dict[str, Any] = {}
         self.publications: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []  # every other push (join, leave, unsubscribe, ...)
         self._socket: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
@@ -47,15 +48,20 @@ class RawSubscriber:
         return self
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a command and return its ``result`` (an error reply fails the test; see :meth:`request`)."""
+        reply = await self.request(op, **fields)
+        assert "result" in reply, reply
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a command and return its whole reply (``result`` or ``error``)."""
         assert self._socket is not None
         command_id = next(self._ids)
         future = self._replies[command_id] = asyncio.get_running_loop().create_future()
         await self._socket.send(Codec.JSON.encode({"id": command_id, "op": op, **fields}))
         async with asyncio.timeout(5 * UNIT):
-            reply = await future
-        assert "result" in reply, reply
-        result: dict[str, Any] = reply["result"]
-        return result
+            return await future
 
     async def _read(self) -> None:
         assert self._socket is not None
@@ -68,6 +74,8 @@ class RawSubscriber:
                             future.set_result(message)
                     elif message.get("push") == "publication":
                         self.publications.append(message)
+                    else:
+                        self.events.append(message)
 
     def of(self, channel: str) -> list[dict[str, Any]]:
         return [p for p in self.publications if p["channel"] == channel]
