@@ -29,7 +29,7 @@ from .commands import CommandRunner
 from .config import ConfigError, Secret, Settings
 from .control import ControlPlane
 from .hub import Hub
-from .liveness import NodeLiveness
+from .liveness import NodeLiveness, new_incarnation
 from .notification_api import notification_routes
 from .notifications import start_notifications
 from .presence import InMemoryPresence, Presence, RedisPresence, announces_presence
@@ -91,8 +91,11 @@ async def start_node(
         redis_client = aioredis.Redis(connection_pool=pool)
         stack.push_async_callback(pool.disconnect)
         stack.push_async_callback(redis_client.aclose)
+    incarnation = new_incarnation(settings.node_id)  # this process, distinct from any restart under the id
     presence: Presence = (
-        RedisPresence(redis_client, key_prefix=settings.key_prefix) if redis_client else InMemoryPresence()
+        RedisPresence(redis_client, key_prefix=settings.key_prefix, incarnation=incarnation)
+        if redis_client
+        else InMemoryPresence()
     )
     rooms = CachedRooms(
         RedisRooms(redis_client, key_prefix=settings.key_prefix) if redis_client else InMemoryRooms()
@@ -122,7 +125,7 @@ async def start_node(
             redis_client,
             presence,
             key_prefix=settings.key_prefix,
-            node_id=settings.node_id,
+            incarnation=incarnation,
             announce_leave=lambda channel, member: (
                 runner.announce(channel, "leave", member) if announces_presence(channel) else _nothing()
             ),

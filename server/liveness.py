@@ -1,12 +1,15 @@
-"""Node liveness: a short-TTL key per node, and the sweep that buries dead nodes.
+"""Node liveness: a short-TTL key per node incarnation, and the sweep that buries dead ones.
 
-Each node refreshes ``alive`` every ``heartbeat_interval``; the key expires
-``ttl`` seconds after the last refresh. Once per tick, the node holding the
-sweep lease (see jobs.py) looks for registered nodes whose key is gone, removes
-their presence entries and announces a ``leave`` for each — once, since only one
-node sweeps at a time and HDEL decides who removed an entry. A node killed with
-SIGKILL is thus gone from presence within ``ttl`` plus one tick (DESIGN.md,
-Guarantee 4).
+An incarnation is one process: its node id plus a boot id drawn at start
+(:func:`new_incarnation`). Each node refreshes its incarnation's ``alive`` key
+every ``heartbeat_interval``; the key expires ``ttl`` seconds after the last
+refresh. Once per tick, the node holding the sweep lease (see jobs.py) looks for
+registered incarnations whose key is gone, removes their presence entries and
+announces a ``leave`` for each — once, since only one node sweeps at a time and
+HDEL decides who removed an entry. A node killed with SIGKILL is thus gone from
+presence within ``ttl`` plus one tick (DESIGN.md, Guarantee 4), also when it is
+restarted at once under the same node id (docker-compose ``restart:``): the new
+process is a new incarnation, whose heartbeat keeps no dead entry alive.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -23,17 +27,27 @@ from .backplane import keys as redis_keys
 from .jobs import Lease, run_once_periodically
 from .presence import Member, Presence
 
-__all__ = ["NodeLiveness"]
+__all__ = ["NodeLiveness", "new_incarnation"]
 
 logger = logging.getLogger("tidings.liveness")
 
 Announce = Callable[[str, Member], Awaitable[None]]
 
 
+def new_incarnation(node_id: str) -> str:
+    """A fresh identity for this process: ``node_id`` plus a random boot id, unique across restarts.
+
+    ``~`` may appear in Redis key names and hash tags (no braces, no spaces).
+    """
+    return f"{node_id}~{secrets.token_hex(4)}"
+
+
 class NodeLiveness:
-    """Heartbeat of this node plus the cluster-wide dead-node sweep.
+    """Heartbeat of this node incarnation plus the cluster-wide dead-incarnation sweep.
 
     Args:
+        incarnation: this process's identity (:func:`new_incarnation`), the one its presence store
+            indexes entries under.
         announce_leave: called for every removed entry of a dead node (publishes the ``leave`` push).
         on_revived: called when this node finds its own key expired (it was presumed dead, e.g. a long
             pause): it must re-add its connections' presence.
@@ -45,7 +59,7 @@ class NodeLiveness:
         presence: Presence,
         *,
         key_prefix: str,
-        node_id: str,
+        incarnation: str,
         announce_leave: Announce,
         on_revived: Callable[[], Awaitable[None]],
         ttl: float = 5.0,
@@ -54,7 +68,7 @@ class NodeLiveness:
         self._redis = client
         self._presence = presence
         self._prefix = key_prefix
-        self.node_id = node_id
+        self.incarnation = incarnation
         self._announce_leave = announce_leave
         self._on_revived = on_revived
         self.ttl = ttl
@@ -66,7 +80,7 @@ class NodeLiveness:
         try:
             await self._beat(first=True)
         except (RedisError, OSError):
-            logger.warning("first heartbeat of node %s failed: Redis unreachable; retrying", self.node_id)
+            logger.warning("first heartbeat of node %s failed: Redis unreachable; retrying", self.incarnation)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._heartbeat_forever(), name="tidings-heartbeat"),
@@ -87,16 +101,18 @@ class NodeLiveness:
         self._tasks = []
         # Let the survivors sweep whatever this node leaves behind right away, not after the TTL.
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.delete(redis_keys.node_alive(self._prefix, self.node_id))
+            await self._redis.delete(redis_keys.node_alive(self._prefix, self.incarnation))
 
     async def _beat(self, *, first: bool = False) -> None:
-        alive = redis_keys.node_alive(self._prefix, self.node_id)
+        alive = redis_keys.node_alive(self._prefix, self.incarnation)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(alive, "1", px=int(self.ttl * 1000), get=True)
-            pipe.sadd(redis_keys.nodes(self._prefix), self.node_id)
+            pipe.sadd(redis_keys.nodes(self._prefix), self.incarnation)
             previous, _ = await pipe.execute()
         if previous is None and not first:
-            logger.warning("node %s was presumed dead (heartbeat key expired); re-announcing", self.node_id)
+            logger.warning(
+                "node %s was presumed dead (heartbeat key expired); re-announcing", self.incarnation
+            )
             await self._on_revived()
 
     async def _heartbeat_forever(self) -> None:
@@ -106,24 +122,24 @@ class NodeLiveness:
             try:
                 await self._beat()
                 if failing:
-                    logger.info("heartbeat of node %s restored", self.node_id)
+                    logger.info("heartbeat of node %s restored", self.incarnation)
                     failing = False
             except (RedisError, OSError):
                 if not failing:
-                    logger.warning("heartbeat of node %s failing: Redis unreachable", self.node_id)
+                    logger.warning("heartbeat of node %s failing: Redis unreachable", self.incarnation)
                     failing = True
 
     async def sweep(self) -> None:
-        """Bury every registered node whose liveness key expired (run under the sweep lease)."""
+        """Bury every registered incarnation whose liveness key expired (run under the sweep lease)."""
         registered = await self._redis.smembers(redis_keys.nodes(self._prefix))
         for raw in registered:
-            node_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if node_id == self.node_id:
+            incarnation = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if incarnation == self.incarnation:
                 continue
-            if await self._redis.exists(redis_keys.node_alive(self._prefix, node_id)):
+            if await self._redis.exists(redis_keys.node_alive(self._prefix, incarnation)):
                 continue
-            removed = await self._presence.remove_node(node_id)
+            removed = await self._presence.remove_node(incarnation)
             for channel, member in removed:
                 await self._announce_leave(channel, member)
-            await self._redis.srem(redis_keys.nodes(self._prefix), node_id)
-            logger.info("node %s is gone: removed %d presence entries", node_id, len(removed))
+            await self._redis.srem(redis_keys.nodes(self._prefix), incarnation)
+            logger.info("node %s is gone: removed %d presence entries", incarnation, len(removed))

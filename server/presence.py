@@ -2,9 +2,11 @@
 
 Two implementations share one contract: :class:`InMemoryPresence` (single node)
 and :class:`RedisPresence` (cluster). In Redis each channel has a hash
-``client → member``, and each node an index of the entries it added, so that
-when a node dies without a goodbye its entries can be found and removed by the
-survivors (``remove_node``, run once across the cluster by ``liveness``).
+``client → member``, and each node incarnation (one process: node id + boot
+id, see ``liveness``) an index of the entries it added, so that when a process
+dies without a goodbye its entries can be found and removed by the survivors
+(``remove_node``, run once across the cluster by ``liveness``) — even when a new
+process already runs under the same node id.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class Presence(Protocol):
     """Channel membership of live connections.
 
     Guarantees: ``members`` lists each connection once; an entry added by a node
-    that dies is removed by ``remove_node`` (called once, by one survivor).
+    process that dies is removed by ``remove_node`` of its incarnation (called
+    once, by one survivor), whatever runs under its node id since.
     Errors raise BackplaneUnavailable.
     """
 
@@ -65,12 +68,12 @@ class Presence(Protocol):
 
     async def members(self, channel: str) -> list[Member]: ...
 
-    async def remove_node(self, node_id: str) -> list[tuple[str, Member]]:
-        """Remove every entry that ``node_id`` added; return what was removed."""
+    async def remove_node(self, incarnation: str) -> list[tuple[str, Member]]:
+        """Remove every entry that the node incarnation ``incarnation`` added; return what was removed."""
 
 
 class InMemoryPresence:
-    """Presence within one process."""
+    """Presence within one process (one incarnation per node: ``remove_node`` takes the node id)."""
 
     def __init__(self) -> None:
         self._channels: dict[str, dict[str, Member]] = {}
@@ -88,11 +91,11 @@ class InMemoryPresence:
     async def members(self, channel: str) -> list[Member]:
         return list(self._channels.get(channel, {}).values())
 
-    async def remove_node(self, node_id: str) -> list[tuple[str, Member]]:
+    async def remove_node(self, incarnation: str) -> list[tuple[str, Member]]:
         removed = []
         for channel, members in list(self._channels.items()):
             for client, member in list(members.items()):
-                if member.node == node_id:
+                if member.node == incarnation:
                     del members[client]
                     removed.append((channel, member))
             if not members:
@@ -104,11 +107,18 @@ _SEPARATOR = "\x00"
 
 
 class RedisPresence:
-    """Presence in Redis: a hash per channel and an index per node (for dead-node clean-up)."""
+    """Presence in Redis: a hash per channel and an index per node incarnation (for dead-node clean-up).
 
-    def __init__(self, client: aioredis.Redis, *, key_prefix: str) -> None:
+    Args:
+        incarnation: this process's identity in the cluster (``liveness.new_incarnation``): the entries
+            it adds are indexed under it, not under ``member.node``, so that a process restarted under
+            the same node id never adopts, nor hides from the sweep, the entries of the one that died.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, key_prefix: str, incarnation: str) -> None:
         self._redis = client
         self._prefix = key_prefix
+        self._index = redis_keys.node_presence(key_prefix, incarnation)
 
     async def add(self, channel: str, member: Member) -> None:
         try:
@@ -116,9 +126,7 @@ class RedisPresence:
                 pipe.hset(
                     redis_keys.presence(self._prefix, channel), member.client, msgpack.packb(member.encode())
                 )
-                pipe.sadd(
-                    redis_keys.node_presence(self._prefix, member.node), channel + _SEPARATOR + member.client
-                )
+                pipe.sadd(self._index, channel + _SEPARATOR + member.client)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackplaneUnavailable("presence add failed") from exc
@@ -127,9 +135,7 @@ class RedisPresence:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(redis_keys.presence(self._prefix, channel), member.client)
-                pipe.srem(
-                    redis_keys.node_presence(self._prefix, member.node), channel + _SEPARATOR + member.client
-                )
+                pipe.srem(self._index, channel + _SEPARATOR + member.client)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackplaneUnavailable("presence remove failed") from exc
@@ -141,8 +147,8 @@ class RedisPresence:
             raise BackplaneUnavailable("presence read failed") from exc
         return [Member.decode(msgpack.unpackb(value)) for _, value in sorted(entries.items())]
 
-    async def remove_node(self, node_id: str) -> list[tuple[str, Member]]:
-        index = redis_keys.node_presence(self._prefix, node_id)
+    async def remove_node(self, incarnation: str) -> list[tuple[str, Member]]:
+        index = redis_keys.node_presence(self._prefix, incarnation)
         try:
             entries = await self._redis.smembers(index)
             removed: list[tuple[str, Member]] = []

@@ -2,7 +2,8 @@
 
 Keys that belong to one channel are hash-tagged with ``{channel}`` so that a
 Lua script touching several of them runs on Redis Cluster (all in one slot).
-Node-level keys are tagged with the node id for the same reason.
+Node-level keys are tagged with the node's incarnation (node id + boot id, see
+liveness.py) for the same reason.
 """
 
 from __future__ import annotations
@@ -88,18 +89,18 @@ def room_members(prefix: str, name: str) -> str:
 
 
 def nodes(prefix: str) -> str:
-    """Set of the ids of registered nodes (alive, or dead and not yet swept)."""
+    """Set of the registered node incarnations (alive, or dead and not yet swept)."""
     return f"{prefix}:nodes"
 
 
-def node_alive(prefix: str, node_id: str) -> str:
-    """A node's liveness key, refreshed by its heartbeat, expiring with a short TTL."""
-    return f"{prefix}:node:{{{node_id}}}:alive"
+def node_alive(prefix: str, incarnation: str) -> str:
+    """A node incarnation's liveness key, refreshed by its heartbeat, expiring with a short TTL."""
+    return f"{prefix}:node:{{{incarnation}}}:alive"
 
 
-def node_presence(prefix: str, node_id: str) -> str:
-    """Set of ``channel \\0 client`` entries a node added to presence (for dead-node clean-up)."""
-    return f"{prefix}:node:{{{node_id}}}:presence"
+def node_presence(prefix: str, incarnation: str) -> str:
+    """Set of ``channel \\0 client`` entries a node incarnation added to presence (for dead-node clean-up)."""
+    return f"{prefix}:node:{{{incarnation}}}:presence"
 
 
 def lease(prefix: str, name: str) -> str:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from tidings.client import CallError, Connection
 from tidings.server.auth import issue_token
+from tidings.server.backplane import keys as redis_keys
+from tidings.server.valkey import die_with_parent
 
-from ..support.cluster import Cluster, start_cluster
+from ..support.cluster import Cluster, NodeProcess, start_cluster
 from ..support.node import API_KEY, SECRET
 from ..support.timing import UNIT, wait_until
 
@@ -183,6 +190,105 @@ async def test_sigkilled_node_is_removed_from_presence_once(redis_url: str) -> N
         finally:
             for connection in [*watchers, *doomed]:
                 await connection.close()
+
+
+def restart(cluster: Cluster, index: int) -> NodeProcess:
+    """Start the node again at once, on its port and under its node id (docker-compose ``restart:``)."""
+    old = cluster.nodes[index]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
+    env.update(
+        TIDINGS_REDIS_URL=cluster.redis_url,
+        TIDINGS_KEY_PREFIX=cluster.key_prefix,
+        TIDINGS_JWT_SECRET=SECRET,
+        TIDINGS_API_KEYS=API_KEY,
+        TIDINGS_NODE_ID=old.node_id,
+    )
+    with open(old.log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tidings.server", "serve", "--host", "127.0.0.1", "--port", str(old.port),
+             "--log-level", "warning"],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+        )  # fmt: skip
+    node = cluster.nodes[index] = NodeProcess(
+        old.node_id, old.port, process, old.log
+    )  # start_cluster stops it
+    return node
+
+
+async def test_fast_restart_under_the_same_node_id_sweeps_the_dead_incarnation(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """SIGKILL a node and start it again at once with the same node id: within 10 s its old connections
+    leave presence, each leave announced once, and the connections of the new process stay."""
+    room = f"room:r{uuid.uuid4().hex[:8]}"
+    with start_cluster(2, redis_url=redis_url, key_prefix=f"t-{uuid.uuid4().hex[:12]}") as cluster:
+        prefix = cluster.key_prefix
+        watcher = await open_connection(cluster.nodes[0].ws_url, "watcher", [room])
+        old = await asyncio.gather(
+            *(open_connection(cluster.nodes[1].ws_url, f"old{i}", [room]) for i in range(10))
+        )
+        old_clients = {c.info["client"] for c in old}
+        connections = [watcher, *old]
+        try:
+            async with httpx.AsyncClient(base_url=cluster.nodes[0].http_url, headers=HEADERS) as http:
+
+                async def present() -> set[str]:
+                    body = (await http.get(f"/api/channels/{room}/presence")).json()
+                    return {m["client"] for m in body["members"]}
+
+                async def listed(expected: set[str]) -> bool:
+                    return await present() == expected
+
+                await wait_until(lambda: listed({watcher.info["client"], *old_clients}), what="11 members")
+                cluster.nodes[1].kill()
+                killed_at = time.monotonic()
+                restarted = restart(cluster, 1)
+
+                async def answers() -> bool:
+                    assert restarted.alive(), restarted.log_tail()
+                    with contextlib.suppress(httpx.HTTPError):
+                        return (await http.get(f"{restarted.http_url}/readyz")).status_code == 200
+                    return False
+
+                await wait_until(answers, timeout=10 * UNIT, what="the restarted node ready")
+                newcomer = await open_connection(restarted.ws_url, "newcomer", [room])
+                connections.append(newcomer)
+                expected = {watcher.info["client"], newcomer.info["client"]}
+                await wait_until(
+                    lambda: listed(expected), timeout=10 * UNIT, what="the old connections gone from presence"
+                )
+                assert time.monotonic() - killed_at < 10 * UNIT
+
+                async def swept() -> bool:  # the sweep announces the leaves, then unregisters the dead
+                    registered = await redis_client.smembers(redis_keys.nodes(prefix))
+                    alive = [
+                        await redis_client.exists(redis_keys.node_alive(prefix, n.decode()))
+                        for n in registered
+                    ]
+                    return all(alive)
+
+                await wait_until(swept, timeout=5 * UNIT, what="the dead incarnation unregistered")
+                # Published after the sweep ended: once the watcher has it, every leave of the sweep is in.
+                marker = await http.post("/api/publish", json={"channel": room, "data": "after the sweep"})
+                assert marker.status_code == 200
+            leaves: list[str] = []
+            while True:
+                push = await watcher.recv(timeout=5 * UNIT)
+                if push.get("push") == "leave":
+                    leaves.append(push["member"]["client"])
+                elif push.get("push") == "publication" and push["data"] == "after the sweep":
+                    break
+            assert sorted(leaves) == sorted(old_clients)  # one leave per old connection, none for the new
+            assert await present_on(cluster.nodes[1], room) == expected
+        finally:
+            for connection in connections:
+                await connection.close()
+
+
+async def present_on(node: NodeProcess, room: str) -> set[str]:
+    async with httpx.AsyncClient(base_url=node.http_url, headers=HEADERS) as http:
+        body = (await http.get(f"/api/channels/{room}/presence")).json()
+    return {m["client"] for m in body["members"]}
 
 
 async def _equals(awaitable: Any, expected: int) -> bool:
