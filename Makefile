@@ -1,15 +1,17 @@
 # Two commands do all setup on a fresh machine with Python 3.11+ and make:
 #   make up     run a local cluster (embedded Valkey + 3 nodes), web UI at http://127.0.0.1:8000
 #   make test   create .venv, install, lint, type-check and run the tests
+#   make env    random secrets for docker compose into ./.env (untracked; never overwritten)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+ENV_FILE ?= .env
 
 BENCH_SCENARIOS ?= steady burst rooms idle
 
-.PHONY: install up test lint typecheck loadtest bench clean
+.PHONY: install up env test lint typecheck loadtest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,21 @@ install: $(STAMP)
 
 up: $(STAMP)
 	$(BIN)/tidings up --nodes 3
+
+# docker-compose.yml has no default secrets and refuses to start without them. This writes strong
+# random ones once (O_EXCL, mode 600): an existing file, with secrets the cluster already uses, is kept.
+env:
+	@if [ -e "$(ENV_FILE)" ]; then \
+	    echo "$(ENV_FILE) exists: left as it is (remove it to make new secrets)"; \
+	else \
+	    $(PYTHON) -c 'import os, secrets, sys; \
+	        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600); \
+	        os.write(fd, ("# docker compose secrets, written by make env: keep out of version control\n" \
+	            f"TIDINGS_JWT_SECRET={secrets.token_urlsafe(48)}\n" \
+	            f"TIDINGS_API_KEYS={secrets.token_urlsafe(32)}\n").encode()); \
+	        os.close(fd)' "$(ENV_FILE)" && \
+	    echo "wrote random TIDINGS_JWT_SECRET and TIDINGS_API_KEYS to $(ENV_FILE)"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check server client tests loadtest

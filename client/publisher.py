@@ -35,6 +35,14 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def _json_body(method: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What to send as JSON: a POST always carries a JSON body, if only ``{}``.
+
+    The gateway refuses a POST without ``Content-Type: application/json`` (415), even an empty one.
+    """
+    return {} if body is None and method.upper() == "POST" else body
+
+
 class NotifyFields(TypedDict, total=False):
     """The arguments of ``notify`` (see :func:`notify_body`)."""
 
@@ -106,7 +114,7 @@ class Publisher:
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """Call any API route; returns the JSON object, raises PublishError."""
         try:
-            response = self._client.request(method, path, json=body)
+            response = self._client.request(method, path, json=_json_body(method, body))
         except httpx.HTTPError as exc:
             raise PublishError(0, f"gateway unreachable: {type(exc).__name__}") from exc
         return _result(response)
@@ -142,7 +150,7 @@ class AsyncPublisher:
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """Call any API route; returns the JSON object, raises PublishError."""
         try:
-            response = await self._client.request(method, path, json=body)
+            response = await self._client.request(method, path, json=_json_body(method, body))
         except httpx.HTTPError as exc:
             raise PublishError(0, f"gateway unreachable: {type(exc).__name__}") from exc
         return _result(response)

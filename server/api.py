@@ -3,6 +3,9 @@
 JSON in, JSON out; errors are ``{"error": {"code", "message"}}``. Every
 ``/api/`` route but the dev token needs ``Authorization: Bearer <api key>``;
 with no key configured the API is closed, except in dev mode where it is open.
+Every POST (and a PUT or DELETE with a body) must say ``Content-Type:
+application/json``, else 415, even with an empty body: a browser sends no other
+type cross-site without a CORS preflight, which this API never grants.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ def endpoint(handler: Handler, *, authenticated: bool = True) -> Callable[[Reque
             )
         ):
             return error_response(401, "missing or invalid API key")
+        if _needs_json(request) and not _is_json(request.headers.get("content-type")):
+            return error_response(415, "Content-Type must be application/json")
         try:
             return await handler(request, state)
         except ApiError as exc:
@@ -74,6 +79,27 @@ def endpoint(handler: Handler, *, authenticated: bool = True) -> Callable[[Reque
             return error_response(500, "internal error")
 
     return wrapped
+
+
+def _needs_json(request: Request) -> bool:
+    """Whether the request must declare a JSON body: every POST, and a PUT/DELETE/PATCH that has a body.
+
+    A web page on any site may send a POST with a text/plain, form or multipart body without
+    asking first (a CORS "simple request"); application/json makes the browser ask (preflight),
+    and the API answers no CORS preflight. So requiring it refuses cross-site writes even where
+    the API is open (dev mode without keys), whatever the route does with its body.
+    """
+    if request.method == "POST":
+        return True
+    if request.method not in ("PUT", "DELETE", "PATCH"):
+        return False
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length.strip() != "0")
+
+
+def _is_json(content_type: str | None) -> bool:
+    """``application/json``, with or without parameters (``; charset=utf-8``)."""
+    return content_type is not None and content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 async def read_json(request: Request, *, optional: bool = False) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from .notifications import start_notifications
 from .presence import InMemoryPresence, Presence, RedisPresence, announces_presence
 from .rooms import CachedRooms, InMemoryRooms, RedisRooms
 from .state import NodeState
+from .trusted_host import TrustedHost
 
 __all__ = ["create_app", "prepare_settings"]
 
@@ -209,6 +210,10 @@ def create_app(settings: Settings, *, backplane: Backplane | None = None) -> Sta
             *notification_routes(),
             Mount("/", app=StaticFiles(directory=web_dir, html=True), name="web"),
         ],
-        middleware=[Middleware(_WebSocketGateway)],
+        # The Host check comes first, so that it guards /ws too (the gateway routes it before Starlette).
+        middleware=[
+            Middleware(TrustedHost, allowed_hosts=settings.trusted_hosts()),
+            Middleware(_WebSocketGateway),
+        ],
         lifespan=lifespan,
     )

@@ -24,6 +24,7 @@ from .history import Recovery, recover
 from .hub import Hub
 from .limits import ConnectionLimits
 from .metrics import NodeMetrics
+from .origins import origin_allowed
 from .presence import Member, announces_presence, tracks_presence
 from .presence import Presence as PresenceStore
 from .protocol import (
@@ -141,17 +142,13 @@ class CommandRunner:
         return f"{self._client_prefix}{next(self._client_counter):x}"
 
     def origin_allowed(self, scope: MutableMapping[str, Any]) -> bool:
-        """Cross-site WebSocket hijacking guard: a browser's Origin must be the node's own host or allowed."""
-        headers = dict(scope.get("headers") or [])
-        origin = headers.get(b"origin")
-        if origin is None:
-            return True  # not a browser
-        allowed = self.settings.allowed_origins
-        text = origin.decode("latin-1").rstrip("/")
-        if "*" in allowed or text in allowed:
-            return True
-        host = headers.get(b"host", b"").decode("latin-1")
-        return bool(text.split("://", 1)[-1] == host)
+        """Cross-site WebSocket hijacking guard: a browser's Origin must be allowed (origins.py)."""
+        origin = dict(scope.get("headers") or []).get(b"origin")
+        return origin_allowed(
+            None if origin is None else origin.decode("latin-1"),
+            allowed_origins=self.settings.allowed_origins,
+            allowed_hosts=self.settings.trusted_hosts(),
+        )
 
     async def submit(self, connection: Connection, command: Command) -> None:
         """Take the next command of ``connection`` (the reader calls this in arrival order).

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .backplane import HistoryPolicy
+from .origins import LOOPBACK_HOSTS, check_host_pattern
 
 __all__ = ["ConfigError", "Secret", "Settings"]
 
@@ -64,8 +65,9 @@ class Settings:
     jwt_secret: Secret | None = None  # HS256
     jwt_public_key: str | None = None  # PEM, RS256 or ES256
     api_keys: tuple[Secret, ...] = ()
-    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed besides the node's own host; "*" = any
-    dev: bool = False  # enables POST /api/dev/token for the demo UI
+    allowed_origins: tuple[str, ...] = ()  # browser Origins a WebSocket may come from; "*" = any (origins.py)
+    allowed_hosts: tuple[str, ...] = ()  # Host header patterns; () = loopback in dev mode, any host otherwise
+    dev: bool = False  # demo mode: POST /api/dev/token, open API without keys; never where it is deployed
     max_message_size: int = 64 * 1024  # largest client frame
     outbox_size: int = 1024 * 1024  # bytes queued per connection before it is closed as too slow (4008)
     # Bytes of publications or notifications one reply may carry (history, recovery, inbox pages);
@@ -99,6 +101,23 @@ class Settings:
     def reply_budget(self) -> int:
         """Bytes of publications or notifications one reply may carry (``max_reply_size``, at most half the outbox)."""
         return max(1, min(self.max_reply_size, self.outbox_size // 2))
+
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """The Host patterns this node answers (origins.py), normalised.
+
+        Unset, dev mode answers loopback names only: its API is open without keys and it
+        hands out tokens, so a page on another site must not reach it by DNS rebinding.
+        Outside dev mode any host is answered, since the API needs a key and a WebSocket
+        a token there; set TIDINGS_ALLOWED_HOSTS to the names clients use all the same.
+
+        Raises:
+            ConfigError: a pattern can never match a Host header.
+        """
+        patterns = self.allowed_hosts or (LOOPBACK_HOSTS if self.dev else ("*",))
+        try:
+            return tuple(check_host_pattern(pattern) for pattern in patterns)
+        except ValueError as exc:
+            raise ConfigError(f"TIDINGS_ALLOWED_HOSTS: {exc}") from exc
 
     def history_policies(self) -> dict[str, HistoryPolicy]:
         """History policy per namespace; the key "" is the default."""
@@ -177,6 +196,7 @@ class Settings:
             raise ConfigError("TIDINGS_OUTBOX_SIZE must be at least TIDINGS_MAX_MESSAGE_SIZE")
         if not self.key_prefix or "{" in self.key_prefix or "}" in self.key_prefix:
             raise ConfigError("TIDINGS_KEY_PREFIX must be non-empty and hold no braces")
+        self.trusted_hosts()
 
 
 _POSITIVE_INTS = (
@@ -231,6 +251,8 @@ def _parse(name: str, raw: str) -> Any:
         return tuple(Secret(k.strip()) for k in raw.split(",") if k.strip())
     if name == "allowed_origins":
         return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    if name == "allowed_hosts":
+        return tuple(check_host_pattern(h) for h in raw.split(",") if h.strip())
     if name == "jwt_public_key":
         if raw and not raw.startswith("-----"):
             with open(raw) as fh:  # a path to a PEM file

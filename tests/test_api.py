@@ -293,3 +293,56 @@ async def test_publisher_reports_an_unreachable_gateway_as_temporary() -> None:
         with pytest.raises(PublishError) as caught:
             await publisher.publish("room:p", 1)
     assert caught.value.status == 0 and caught.value.temporary
+
+
+# --- cross-site requests ----------------------------------------------------------------------------
+
+SIMPLE_TYPES = (None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x")
+
+
+async def test_dev_mode_refuses_a_cross_site_post_and_publishes_nothing(token) -> None:  # type: ignore[no-untyped-def]
+    """Without keys a dev node's API is open, yet a POST any web page can send (not JSON) gets 415."""
+    async with (
+        run_node(node_settings(dev=True, api_keys=())) as node,
+        httpx.AsyncClient(base_url=node.http_url, timeout=5 * UNIT) as http,
+        Connection(node.ws_url, token("alice")) as alice,
+    ):
+        await alice.subscribe("broadcast")
+        body = json.dumps({"channel": "broadcast", "data": "pwned"}).encode()
+        for content_type in SIMPLE_TYPES:
+            headers = {} if content_type is None else {"content-type": content_type}
+            code, message = error_of(await http.post("/api/publish", content=body, headers=headers))
+            assert code == 415 and "application/json" in message, content_type
+            response = await http.post("/api/dev/token", content=b'{"user": "x"}', headers=headers)
+            assert response.status_code == 415 and "token" not in response.json()
+        history = await http.get("/api/channels/broadcast/history")
+        assert history.json()["offset"] == 0 and history.json()["publications"] == []
+        sent = await http.post("/api/publish", content=body, headers={"content-type": "application/json"})
+        assert sent.status_code == 200 and sent.json()["offset"] == 1
+        push = await alice.publications("broadcast", timeout=5 * UNIT)
+        assert push["offset"] == 1 and push["data"] == "pwned"  # the first thing broadcast carried
+
+
+async def test_every_post_needs_json_even_with_an_empty_body(
+    node: RunningNode, http: httpx.AsyncClient
+) -> None:
+    """POSTs always, PUT and DELETE when they carry a body; a charset parameter is fine."""
+    for path in ("/api/users/u/disconnect", "/api/rooms/ct", "/api/notifications"):
+        code, message = error_of(await http.post(path, headers=AUTH))
+        assert code == 415 and "application/json" in message, path
+    assert (await http.post("/api/users/u/disconnect", json={}, headers=AUTH)).status_code == 200
+    for content_type in ("application/json; charset=utf-8", "Application/JSON"):
+        headers = {**AUTH, "content-type": content_type}
+        assert (await http.post("/api/users/u/disconnect", content=b"", headers=headers)).status_code == 200
+    assert (await http.put("/api/rooms/ct/members/u", headers=AUTH)).status_code == 200  # no body
+    plain = {**AUTH, "content-type": "text/plain"}
+    assert (await http.put("/api/rooms/ct/members/u", content=b"{}", headers=plain)).status_code == 415
+    delete = await http.request("DELETE", "/api/rooms/ct/members/u", content=b"{}", headers=plain)
+    assert delete.status_code == 415
+    assert (await http.delete("/api/rooms/ct/members/u", headers=AUTH)).status_code == 200
+
+    def disconnect_without_a_body() -> dict[str, object]:
+        with Publisher(node.http_url, api_key=API_KEY, timeout=5 * UNIT) as publisher:
+            return publisher.request("POST", "/api/users/u/disconnect")
+
+    assert (await asyncio.to_thread(disconnect_without_a_body))["disconnected"] is True

@@ -127,7 +127,7 @@ async def test_send_to_user_and_disconnect_user_reach_all_nodes(cluster: Cluster
             for connection in connections:
                 push = await connection.publications(f"user:{user}", timeout=10 * UNIT)
                 assert push["data"] == {"dm": "ping"}
-            assert (await http.post(f"/api/users/{user}/disconnect")).status_code == 200
+            assert (await http.post(f"/api/users/{user}/disconnect", json={})).status_code == 200
         for connection in connections:
             closed = await pushes_until(connection, lambda p: p.get("push") == "closed")
             assert closed["code"] == 4503
