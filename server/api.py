@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from .auth import check_api_key, issue_token
 from .backplane import BackplaneUnavailable
-from .commands import history_result
+from .commands import history_result, presence_result
 from .metrics import metrics_endpoint
 from .protocol import MAX_HISTORY_LIMIT, MAX_ID, ProtocolError, StreamPosition, check_channel, check_data
 from .state import NodeState
@@ -201,7 +201,9 @@ def _user(request: Request) -> str:
 async def presence(request: Request, state: NodeState) -> Response:
     channel = check_channel(request.path_params["channel"])
     members = await state["presence"].members(channel)
-    return JSONResponse({"channel": channel, "members": [m.encode() for m in members]})
+    return JSONResponse(
+        {"channel": channel, **presence_result(members, max_bytes=state["settings"].reply_budget)}
+    )
 
 
 async def user_presence(request: Request, state: NodeState) -> Response:

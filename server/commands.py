@@ -54,7 +54,7 @@ from .rooms import CachedRooms, room_name
 if TYPE_CHECKING:
     from .notifications import Notifier
 
-__all__ = ["CommandRunner", "ReplyBudget", "history_result", "publication_dict"]
+__all__ = ["CommandRunner", "ReplyBudget", "history_result", "presence_result", "publication_dict"]
 
 logger = logging.getLogger("tidings.commands")
 
@@ -96,6 +96,24 @@ def history_result(page: HistoryPage, *, reverse: bool) -> dict[str, Any]:
             else {"since": StreamPosition(last.epoch, last.offset).encode()}
         )
     return result
+
+
+def presence_result(members: list[Member], *, max_bytes: int) -> dict[str, Any]:
+    """A channel's members as the ``presence`` op and ``GET .../presence`` answer them.
+
+    At most ``max_bytes`` of members (a room of many thousands must not close the asker's
+    connection as too slow): a reply that left some out says ``complete: false`` and ``total``.
+    """
+    encoded: list[dict[str, Any]] = []
+    size = 0
+    for member in members:
+        item = member.encode()
+        # An estimate, not an encoding: user, client and node ids plus the info map and punctuation.
+        size += len(member.user) + len(member.client) + len(member.node) + len(repr(member.info)) + 64
+        if size > max_bytes and encoded:
+            return {"members": encoded, "complete": False, "total": len(members)}
+        encoded.append(item)
+    return {"members": encoded}
 
 
 class ReplyBudget:
@@ -231,7 +249,7 @@ class CommandRunner:
         if isinstance(command, Presence):
             await self._check_room_access(connection, command.channel)
             members = await self.presence.members(command.channel)
-            return {"members": [member.encode() for member in members]}
+            return presence_result(members, max_bytes=self.settings.reply_budget)
         if isinstance(command, (Notifications, Read)):
             if self.notifier is None:
                 raise ProtocolError("notifications are not enabled on this node", code=ERR_NOT_FOUND)

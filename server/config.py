@@ -18,9 +18,12 @@ from typing import Any
 from .backplane import HistoryPolicy
 from .origins import LOOPBACK_HOSTS, check_host_pattern
 
-__all__ = ["ConfigError", "Secret", "Settings"]
+__all__ = ["CONTROL_HISTORY", "ConfigError", "Secret", "Settings"]
 
 NAMESPACES = ("room", "user", "dm", "broadcast")
+
+# Control messages between nodes (control.py): enough to repair a pub/sub outage of many minutes.
+CONTROL_HISTORY = HistoryPolicy(size=10_000, ttl=3600.0)
 
 
 class ConfigError(ValueError):
@@ -123,8 +126,7 @@ class Settings:
         """History policy per namespace; the key "" is the default."""
         policies = {
             "": HistoryPolicy(self.history_size, self.history_ttl),
-            # Control messages between nodes (control.py): enough to repair a pub/sub outage of minutes.
-            "sys": HistoryPolicy(size=10_000, ttl=3600.0),
+            "sys": CONTROL_HISTORY,
         }
         policies.update(self.history_overrides)
         return policies

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tidings.server.backplane import HistoryPolicy
-from tidings.server.config import ConfigError, Secret, Settings
+from tidings.server.config import CONTROL_HISTORY, ConfigError, Secret, Settings
 
 
 def from_env(**variables: str) -> Settings:
@@ -20,7 +20,7 @@ def test_empty_environment_gives_the_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.redis_url is None and settings.jwt_secret is None and settings.api_keys == ()
     assert (settings.max_message_size, settings.connect_timeout, settings.dev) == (64 * 1024, 10.0, False)
-    assert settings.history_policies() == {"": HistoryPolicy(1000, 86400.0)}
+    assert settings.history_policies() == {"": HistoryPolicy(1000, 86400.0), "sys": CONTROL_HISTORY}
     assert settings.node_id
 
 
@@ -51,7 +51,7 @@ def test_every_variable_is_parsed() -> None:
     assert settings.dev is True
     assert (settings.max_message_size, settings.outbox_size, settings.max_channels) == (1000, 5000, 7)
     assert (settings.connect_timeout, settings.ping_interval, settings.ping_timeout) == (2.5, 3.0, 4.0)
-    assert settings.history_policies() == {"": HistoryPolicy(50, 60.0)}
+    assert settings.history_policies() == {"": HistoryPolicy(50, 60.0), "sys": CONTROL_HISTORY}
 
 
 @pytest.mark.parametrize(
@@ -77,6 +77,7 @@ def test_history_overrides_per_namespace() -> None:
         "": HistoryPolicy(100, 86400.0),
         "room": HistoryPolicy(10, 86400.0),
         "user": HistoryPolicy(100, 5.0),
+        "sys": CONTROL_HISTORY,
     }
 
 

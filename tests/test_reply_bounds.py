@@ -197,3 +197,24 @@ def _peak_rss(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+async def test_presence_of_a_crowded_room_is_bounded_and_says_so() -> None:
+    """3,000 members do not fit a 128 KiB outbox: the reply lists those that fit, complete false, total."""
+    from tidings.server.presence import Member
+    from tidings.server.state import NodeState
+
+    async with run_node(node_settings(outbox_size=128 * 1024)) as node:
+        state: NodeState = node.server.lifespan.state  # type: ignore[assignment]
+        for n in range(3000):
+            await state["presence"].add(
+                "room:crowd", Member(f"user{n}", f"client{n:06d}", "node-x", {"name": f"U {n}"})
+            )
+        async with connected(node, "alice") as client:
+            reply = (await client.call("presence", channel="room:crowd"))["result"]
+            assert reply["complete"] is False and reply["total"] == 3000
+            assert 0 < len(reply["members"]) < 3000
+            assert "result" in await client.call("ping")
+        async with httpx.AsyncClient(base_url=node.http_url, headers=AUTH) as http:
+            body = (await http.get("/api/channels/room:crowd/presence")).json()
+            assert body["complete"] is False and len(body["members"]) == len(reply["members"])
