@@ -80,6 +80,7 @@ class ProtocolClient:
             subprotocols=[subprotocol],
             enable_multithread=True,
             skip_utf8_validation=True,
+            suppress_origin=True,  # not a browser: websocket-client would send an Origin the node refuses
         )
         self._ws.settimeout(
             None

@@ -150,7 +150,11 @@ class ControlPlane:
         if last is None:
             return False  # the first message since this node subscribed
         epoch, offset = last
-        return publication.epoch != epoch or publication.offset != offset + 1
+        if publication.epoch != epoch:
+            # A new life of the stream (it expired after an hour without messages, or Redis lost it):
+            # nothing was missed if this is its first message.
+            return publication.offset != 1
+        return publication.offset != offset + 1
 
     def _resync(self) -> None:
         self._rooms.clear()
