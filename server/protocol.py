@@ -57,6 +57,7 @@ __all__ = [
     "Unsubscribe",
     "check_channel",
     "check_data",
+    "close_reason",
     "close_reconnects",
     "decode_command",
     "error_reply",
@@ -89,6 +90,8 @@ MAX_ID: Final = 2**53 - 1  # the largest integer JavaScript represents exactly
 MAX_CHANNEL_LENGTH: Final = 255
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_READ_IDS: Final = 1000
+# RFC 6455 5.5: a control frame carries at most 125 bytes; a close frame's code takes 2 of them.
+MAX_CLOSE_REASON_BYTES: Final = 123
 
 # A channel is a namespace and a name; the name may not contain whitespace or control characters.
 _CHANNEL_RE: Final = re.compile(
@@ -534,15 +537,33 @@ def publication_push(
     return push
 
 
+def close_reason(reason: str) -> str:
+    """``reason`` cut to what a close frame carries: at most 123 UTF-8 bytes, whole characters.
+
+    RFC 6455 5.5: a control frame's payload is at most 125 bytes, 2 of which are the code. A
+    longer reason makes the close frame itself invalid, and the peer sees 1006 instead of the code
+    that carries its reconnect policy. A lone surrogate (not UTF-8) becomes "?".
+    """
+    if reason.isascii() and len(reason) <= MAX_CLOSE_REASON_BYTES:
+        return reason
+    encoded = reason.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES]
+    return encoded.decode("utf-8", "ignore")  # drops only a character cut in two at the end
+
+
 @dataclass(frozen=True, slots=True)
 class Disconnect:
-    """Why the server closes a connection; ``reconnect`` follows from the code's range."""
+    """Why the server closes a connection; ``reconnect`` follows from the code's range.
+
+    ``reason`` is cut by :func:`close_reason`, so the ``disconnect`` push and the close frame
+    carry the same text.
+    """
 
     code: int
     reason: str
     reconnect: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", close_reason(self.reason))
         object.__setattr__(self, "reconnect", close_reconnects(self.code))
 
     def push(self) -> dict[str, Any]:

@@ -683,3 +683,16 @@ def test_error_reply_and_publication_push_shapes() -> None:
         "data": 1,
         "ts": 5,
     }
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["ü" * 100, "😀" * 40, "a" * 122 + "é", "x" * 200, "\ud800" * 3, "short"],
+    ids=["2-byte", "4-byte", "cut-inside-a-character", "ascii", "lone-surrogates", "short"],
+)
+def test_every_close_reason_fits_a_close_frame(reason: str) -> None:
+    """Disconnect cuts its reason to at most 123 UTF-8 bytes of whole characters (RFC 6455 5.5)."""
+    whole = reason.encode("utf-8", "replace")  # a lone surrogate becomes "?"
+    cut = Disconnect(4503, reason).reason.encode()  # raises on a lone surrogate
+    assert len(cut) <= 123 and whole.startswith(cut)
+    assert cut == whole or len(cut) > 123 - 4  # no more than the one character cut in two is dropped
