@@ -24,7 +24,16 @@ from .auth import check_api_key, issue_token
 from .backplane import BackplaneUnavailable
 from .commands import history_result, presence_result
 from .metrics import metrics_endpoint
-from .protocol import MAX_HISTORY_LIMIT, MAX_ID, ProtocolError, StreamPosition, check_channel, check_data
+from .protocol import (
+    MAX_HISTORY_LIMIT,
+    MAX_ID,
+    ProtocolError,
+    StreamPosition,
+    check_channel,
+    check_data,
+    check_user,
+    is_unicode,
+)
 from .state import NodeState
 
 __all__ = ["ApiError", "routes"]
@@ -123,7 +132,7 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
         return {}
     try:
         value = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
         raise ApiError(400, "body is not valid JSON") from exc
     if not isinstance(value, dict):
         raise ApiError(400, "body must be a JSON object")
@@ -151,11 +160,14 @@ async def history(request: Request, state: NodeState) -> Response:
     query = request.query_params
     since = None
     try:
-        if "since_offset" in query:
-            since = StreamPosition(query.get("since_epoch", ""), int(query["since_offset"]))
+        offset = int(query["since_offset"]) if "since_offset" in query else None
         limit = int(query.get("limit", "100"))
     except ValueError as exc:
         raise ApiError(400, "since_offset and limit must be integers") from exc
+    if offset is not None:
+        # The WebSocket's rule: 0 <= offset <= MAX_ID (a negative one made an invalid stream id on Redis).
+        position = {"epoch": query.get("since_epoch", ""), "offset": offset}
+        since = StreamPosition.parse(position, field_name="since")
     if not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise ApiError(400, f"limit must be from 1 to {MAX_HISTORY_LIMIT}")
     reverse = query.get("reverse", "false").lower() in ("1", "true", "yes")
@@ -182,7 +194,7 @@ async def history(request: Request, state: NodeState) -> Response:
 def _query_offset(raw: str | None, name: str) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16 or not 0 < int(raw) <= MAX_ID:
         raise ApiError(400, f"{name} must be a positive integer")
     return int(raw)
 
@@ -193,9 +205,7 @@ def _room(request: Request) -> str:
 
 
 def _user(request: Request) -> str:
-    user = request.path_params["user"]
-    check_channel(f"user:{user}")
-    return str(user)
+    return check_user(request.path_params["user"])
 
 
 async def presence(request: Request, state: NodeState) -> Response:
@@ -246,7 +256,7 @@ async def disconnect_user(request: Request, state: NodeState) -> Response:
     if not isinstance(code, int) or isinstance(code, bool) or not 4000 <= code <= 4999:
         raise ApiError(400, "code must be a close code from 4000 to 4999")
     reason = body.get("reason", "disconnected by the server")
-    if not isinstance(reason, str) or len(reason) > 120:
+    if not isinstance(reason, str) or len(reason) > 120 or not is_unicode(reason):
         raise ApiError(400, "reason must be a string of at most 120 characters")
     await state["control"].broadcast("disconnect_user", user=user, code=code, reason=reason)
     return JSONResponse({"user": user, "disconnected": True})
@@ -257,14 +267,7 @@ async def dev_token(request: Request, state: NodeState) -> Response:
     if not settings.dev or settings.jwt_secret is None:
         raise ApiError(404, "not found")
     body = await read_json(request)
-    user = body.get("user")
-    if (
-        not isinstance(user, str)
-        or not 0 < len(user) <= 64
-        or not user.isascii()  # str.isalnum() takes "é"; user ids must name a channel (user:<id>)
-        or not user.replace("-", "").replace("_", "").isalnum()
-    ):
-        raise ApiError(400, "user must be 1-64 ASCII letters, digits, - or _")
+    user = check_user(body.get("user"))  # the rule the token's sub must follow to sign in
     return JSONResponse(
         {"token": issue_token(user, settings.jwt_secret.reveal(), ttl=12 * 3600), "user": user}
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 import jwt
 
-from .protocol import ProtocolError, check_channel
+from .protocol import ProtocolError, check_user
 
 __all__ = ["Action", "AuthError", "Principal", "TokenVerifier", "check_api_key", "issue_token", "may"]
 
@@ -47,9 +47,6 @@ class Principal:
 class Action(Enum):
     SUBSCRIBE = "subscribe"
     PUBLISH = "publish"
-
-
-_MAX_USER_LENGTH = 100
 
 
 class TokenVerifier:
@@ -108,29 +105,18 @@ class TokenVerifier:
 
     def _principal(self, claims: dict[str, Any], now: float) -> Principal:
         sub, exp, name = claims.get("sub"), claims.get("exp"), claims.get("name")
-        # The user id names the personal channel user:<sub>, so it must make a valid channel name.
-        if (
-            not isinstance(sub, str)
-            or not 0 < len(sub) <= _MAX_USER_LENGTH
-            or ":" in sub
-            or not _is_channel(f"user:{sub}")
-        ):
-            raise AuthError("token sub must be a user id of letters, digits, '_', '.', '@' or '-'")
+        # The user id names the personal channel user:<sub>: the one user-id rule of protocol.py.
+        try:
+            user = check_user(sub, "token sub")
+        except ProtocolError as exc:
+            raise AuthError(exc.message) from exc
         if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not math.isfinite(exp):
             raise AuthError("token exp must be a number")
         if exp + self._leeway <= now:
             raise AuthError("token expired")
         if not isinstance(name, str) or not name:
-            name = sub
-        return Principal(sub, name[:100], float(exp))
-
-
-def _is_channel(name: str) -> bool:
-    try:
-        check_channel(name)
-    except ProtocolError:
-        return False
-    return True
+            name = user
+        return Principal(user, name[:100], float(exp))
 
 
 def issue_token(

@@ -76,10 +76,16 @@ def serve(args: argparse.Namespace) -> int:
 
 def token(args: argparse.Namespace) -> int:
     from .auth import issue_token
+    from .protocol import ProtocolError, check_user
 
     secret = os.environ.get("TIDINGS_JWT_SECRET")
     if not secret:
         print("tidings token: set TIDINGS_JWT_SECRET", file=sys.stderr)
+        return 2
+    try:
+        check_user(args.user)  # a token for any other id could never sign in
+    except ProtocolError as exc:
+        print(f"tidings token: {exc.message}", file=sys.stderr)
         return 2
     print(issue_token(args.user, secret, ttl=args.ttl, name=args.name))
     return 0

@@ -310,7 +310,7 @@ class Connection:
         try:
             async with asyncio.timeout(_CLOSE_GRACE):
                 await self._asgi_send({"type": "websocket.send", key: self.codec.encode(disconnect.push())})
-                await self._asgi_send({"type": "websocket.close", "code": code, "reason": reason})
+                await self._asgi_send({"type": "websocket.close", "code": code, "reason": disconnect.reason})
         except TimeoutError:  # before OSError, of which it is a subclass
             self._abort_transport()
         except (OSError, RuntimeError):

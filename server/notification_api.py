@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from .api import ApiError, endpoint, read_json
 from .notifications import check_topic, check_user, parse_notify_request
-from .protocol import MAX_READ_IDS
+from .protocol import MAX_READ_IDS, is_notification_id
 from .state import NodeState
 
 __all__ = ["notification_routes"]
@@ -61,7 +61,7 @@ async def list_notifications(request: Request, state: NodeState) -> Response:
     if not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, f"limit must be from 1 to {MAX_PAGE}")
     before = query.get("before") or None
-    if before is not None and len(before) > 64:
+    if before is not None and not is_notification_id(before):
         raise ApiError(400, "before must be a notification id")
     page = await state["notifier"].page(
         user,
@@ -82,7 +82,7 @@ async def mark_read(request: Request, state: NodeState) -> Response:
     if (
         not isinstance(ids, list)
         or len(ids) > MAX_READ_IDS
-        or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids)
+        or not all(isinstance(i, str) and is_notification_id(i) for i in ids)
     ):
         raise ApiError(400, f"ids must be a list of at most {MAX_READ_IDS} notification ids")
     if not ids and not read_all:

@@ -57,9 +57,13 @@ __all__ = [
     "Unsubscribe",
     "check_channel",
     "check_data",
+    "check_user",
+    "close_reason",
     "close_reconnects",
     "decode_command",
     "error_reply",
+    "is_notification_id",
+    "is_unicode",
     "ok_reply",
     "publication_push",
 ]
@@ -89,11 +93,18 @@ MAX_ID: Final = 2**53 - 1  # the largest integer JavaScript represents exactly
 MAX_CHANNEL_LENGTH: Final = 255
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_READ_IDS: Final = 1000
+MAX_NOTIFICATION_ID_LENGTH: Final = 64
+MAX_USER_LENGTH: Final = 100
+# RFC 6455 5.5: a control frame carries at most 125 bytes; a close frame's code takes 2 of them.
+MAX_CLOSE_REASON_BYTES: Final = 123
 
+# The one user-id rule (token sub, HTTP paths and bodies, dev tokens, user:<id> and dm:<a>:<b>).
+# No ':' -- it separates the two ids of a dm: channel, so "a:b" could never sign in.
+_USER: Final = r"[A-Za-z0-9_.@\-]{1,100}"  # {1,MAX_USER_LENGTH}
+_USER_RE: Final = re.compile(_USER)
 # A channel is a namespace and a name; the name may not contain whitespace or control characters.
-_CHANNEL_RE: Final = re.compile(
-    r"(room|user|dm):[A-Za-z0-9_.@\-]{1,200}(:[A-Za-z0-9_.@\-]{1,200})?|broadcast"
-)
+_NAME: Final = r"[A-Za-z0-9_.@\-]{1,200}"
+_CHANNEL_RE: Final = re.compile(rf"room:{_NAME}(:{_NAME})?|user:{_USER}|dm:{_USER}:{_USER}|broadcast")
 
 
 def close_reconnects(code: int) -> bool:
@@ -136,7 +147,7 @@ class StreamPosition:
         if not isinstance(value, Mapping):
             raise ProtocolError(f"{field_name} must be an object with epoch and offset")
         epoch, offset = value.get("epoch"), value.get("offset")
-        if not isinstance(epoch, str) or len(epoch) > 64:
+        if not isinstance(epoch, str) or len(epoch) > 64 or not is_unicode(epoch):
             raise ProtocolError(f"{field_name}.epoch must be a string")
         if not _is_int(offset) or not 0 <= offset <= MAX_ID:
             raise ProtocolError(f"{field_name}.offset must be a non-negative integer")
@@ -388,7 +399,9 @@ def _build_command(command_id: int, message: dict[str, Any]) -> Command:
         return Presence(command_id, check_channel(message.get("channel")))
     if op == "notifications":
         before = message.get("before")
-        if before is not None and (not isinstance(before, str) or len(before) > 64):
+        if before is not None and (
+            not isinstance(before, str) or len(before) > MAX_NOTIFICATION_ID_LENGTH or not is_unicode(before)
+        ):
             raise ProtocolError("before must be a notification id")
         return Notifications(
             command_id,
@@ -402,7 +415,7 @@ def _build_command(command_id: int, message: dict[str, Any]) -> Command:
         if (
             not isinstance(ids, list)
             or len(ids) > MAX_READ_IDS
-            or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids)
+            or not all(isinstance(i, str) and is_notification_id(i) for i in ids)
         ):
             raise ProtocolError(f"ids must be a list of at most {MAX_READ_IDS} notification ids")
         if not ids and not read_all:
@@ -442,6 +455,40 @@ def check_channel(value: object) -> str:
     return value
 
 
+def check_user(value: object, field_name: str = "user") -> str:
+    """Return ``value`` if it is a user id; raise ProtocolError (400) otherwise.
+
+    The one rule for user ids, wherever one comes from (a token's ``sub``, the HTTP API,
+    dev tokens, ``user:<id>`` and ``dm:<a>:<b>`` channels): 1-100 ASCII letters, digits,
+    '_', '.', '@' or '-'.
+    """
+    if not isinstance(value, str) or _USER_RE.fullmatch(value) is None:
+        raise ProtocolError(
+            f"{field_name} must be a user id of 1-{MAX_USER_LENGTH} letters, digits, '_', '.', '@' or '-'"
+        )
+    return value
+
+
+def is_unicode(value: str) -> bool:
+    """Whether ``value`` is valid Unicode, i.e. UTF-8 can carry it.
+
+    JSON's "\\ud800" escape decodes to a lone surrogate, which no UTF-8 frame, MessagePack str
+    or Redis argument can carry (redis-py raises UnicodeEncodeError on it).
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_notification_id(value: str) -> bool:
+    """Whether ``value`` can be a notification id (what ``read`` and ``before`` accept)."""
+    return 0 < len(value) <= MAX_NOTIFICATION_ID_LENGTH and is_unicode(value)
+
+
 def check_data(value: Any, depth: int = 0) -> None:
     """Raise ProtocolError (400) unless ``value`` survives both encodings unchanged.
 
@@ -478,13 +525,9 @@ def check_data(value: Any, depth: int = 0) -> None:
 
 
 def _check_text(value: str) -> None:
-    # JSON's "\ud800" escape decodes to a lone surrogate, which no UTF-8 frame (and no MessagePack
-    # str) can carry: one such string would break the shared frame of every subscriber.
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError as exc:
-            raise ProtocolError("data holds a string that is not valid Unicode (lone surrogate)") from exc
+    # One lone surrogate would break the shared frame of every subscriber (see is_unicode).
+    if not is_unicode(value):
+        raise ProtocolError("data holds a string that is not valid Unicode (lone surrogate)")
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -536,15 +579,33 @@ def publication_push(
     return push
 
 
+def close_reason(reason: str) -> str:
+    """``reason`` cut to what a close frame carries: at most 123 UTF-8 bytes, whole characters.
+
+    RFC 6455 5.5: a control frame's payload is at most 125 bytes, 2 of which are the code. A
+    longer reason makes the close frame itself invalid, and the peer sees 1006 instead of the code
+    that carries its reconnect policy. A lone surrogate (not UTF-8) becomes "?".
+    """
+    if reason.isascii() and len(reason) <= MAX_CLOSE_REASON_BYTES:
+        return reason
+    encoded = reason.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES]
+    return encoded.decode("utf-8", "ignore")  # drops only a character cut in two at the end
+
+
 @dataclass(frozen=True, slots=True)
 class Disconnect:
-    """Why the server closes a connection; ``reconnect`` follows from the code's range."""
+    """Why the server closes a connection; ``reconnect`` follows from the code's range.
+
+    ``reason`` is cut by :func:`close_reason`, so the ``disconnect`` push and the close frame
+    carry the same text.
+    """
 
     code: int
     reason: str
     reconnect: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", close_reason(self.reason))
         object.__setattr__(self, "reconnect", close_reconnects(self.code))
 
     def push(self) -> dict[str, Any]:

@@ -13,8 +13,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tidings.server.auth import Action, AuthError, TokenVerifier, check_api_key, issue_token, may
+from tidings.server.notifications import check_user
+from tidings.server.protocol import ProtocolError, check_channel
 
 SECRET = "a-secret-that-is-long-enough-for-hs256-and-even-for-hs512-0123456"
 NOW = 1_800_000_000.0
@@ -231,3 +235,40 @@ def test_no_api_keys_means_no_access() -> None:
     """With no key configured, no header passes."""
     assert not check_api_key("Bearer ", [])
     assert not check_api_key("Bearer anything", [])
+
+
+def _verifier_accepts(user: str) -> bool:
+    try:
+        return TokenVerifier(secret=SECRET).verify(issue_token(user, SECRET), now=time.time()).user == user
+    except AuthError:
+        return False
+
+
+def _check_user_accepts(user: str) -> bool:
+    try:
+        return check_user(user) == user
+    except ProtocolError:
+        return False
+
+
+def _is_channel(name: str) -> bool:
+    try:
+        return check_channel(name) == name
+    except ProtocolError:
+        return False
+
+
+user_ids = st.one_of(
+    st.text(alphabet="ab9_.@-:é /\n", max_size=6),
+    st.sampled_from(["a:b", "a" * 100, "a" * 101, "alice", "a.b@c-d_e", "é", "", "\ud800"]),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(user=user_ids)
+def test_one_user_id_rule(user: str) -> None:
+    """check_user (HTTP API, notifications) accepts exactly the ids a token may carry as sub, and their channels."""
+    accepted = _check_user_accepts(user)
+    assert accepted == _verifier_accepts(user), user
+    assert accepted == _is_channel(f"user:{user}"), user
+    assert accepted == _is_channel(f"dm:{user}:{user}"), user

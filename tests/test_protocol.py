@@ -683,3 +683,45 @@ def test_error_reply_and_publication_push_shapes() -> None:
         "data": 1,
         "ts": 5,
     }
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["ü" * 100, "😀" * 40, "a" * 122 + "é", "x" * 200, "\ud800" * 3, "short"],
+    ids=["2-byte", "4-byte", "cut-inside-a-character", "ascii", "lone-surrogates", "short"],
+)
+def test_every_close_reason_fits_a_close_frame(reason: str) -> None:
+    """Disconnect cuts its reason to at most 123 UTF-8 bytes of whole characters (RFC 6455 5.5)."""
+    whole = reason.encode("utf-8", "replace")  # a lone surrogate becomes "?"
+    cut = Disconnect(4503, reason).reason.encode()  # raises on a lone surrogate
+    assert len(cut) <= 123 and whole.startswith(cut)
+    assert cut == whole or len(cut) > 123 - 4  # no more than the one character cut in two is dropped
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"op": "notifications", "before": "\ud800"}, "before"),
+        ({"op": "read", "ids": ["ok", "x\udfff"]}, "ids"),
+        ({"op": "subscribe", "channel": "room:a", "since": {"epoch": "\ud800", "offset": 1}}, "since.epoch"),
+        ({"op": "history", "channel": "room:a", "since": {"epoch": "e\ud800", "offset": 1}}, "since.epoch"),
+        ({"op": "connect", "token": "t", "subscribe": [{"channel": "room:a", "since": {"epoch": "\udc00", "offset": 0}}]}, "since.epoch"),
+    ],
+)  # fmt: skip
+def test_identifiers_holding_a_lone_surrogate_are_400(message: dict[str, Any], field: str) -> None:
+    """JSON's "\\ud800" escape decodes to text no Redis argument or UTF-8 frame can carry: a 400 naming the field."""
+    frame = json.dumps({"id": 9, **message})  # ensure_ascii: the surrogate travels as an escape
+    with pytest.raises(ProtocolError) as caught:
+        decode_command(frame, Codec.JSON, max_size=MAX_SIZE)
+    assert caught.value.code == 400 and caught.value.close_code is None and caught.value.id == 9
+    assert field in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "channel", ["user:a:b", "user:" + "x" * 101, "dm:a", "dm:a:b:c", "dm:" + "x" * 101 + ":y", "dm:a::b"]
+)
+def test_user_and_dm_channels_name_valid_user_ids(channel: str) -> None:
+    """user:<id> and dm:<a>:<b> hold ids of the one user-id rule (no ':', at most 100 characters)."""
+    with pytest.raises(ProtocolError) as caught:
+        check_channel(channel)
+    assert caught.value.code == 400

@@ -171,7 +171,7 @@ async function signIn(event) {
   const user = input.value.trim();
   const error = $("signin-error");
   if (!USER_RE.test(user)) {
-    error.textContent = "Use 1 to 64 letters, digits, “-” or “_”.";
+    error.textContent = "Use 1 to 100 letters, digits, “_”, “.”, “@” or “-”.";
     input.setAttribute("aria-invalid", "true");
     input.focus();
     return;
@@ -217,7 +217,7 @@ function bindForms() {
     const input = $("dm-name");
     const user = input.value.trim().replace(/^@/, "");
     if (!USER_RE.test(user) || user === current?.session.user) {
-      $("dm-error").textContent = user === current?.session.user ? "That is you." : "Names use letters, digits, - and _";
+      $("dm-error").textContent = user === current?.session.user ? "That is you." : "Names use letters, digits, _ . @ and -";
       input.setAttribute("aria-invalid", "true");
       return;
     }

@@ -1,7 +1,8 @@
 // What the UI remembers per user in localStorage: joined conversations and how far each was read.
 // Only this browser's preferences live here; messages always come from the server.
 
-export const USER_RE = /^[A-Za-z0-9_-]{1,64}$/;
+// The server's one user-id rule (server/protocol.py check_user).
+export const USER_RE = /^[A-Za-z0-9_.@-]{1,100}$/;
 export const ROOM_RE = /^[A-Za-z0-9_.@-]{1,200}$/;
 
 /** The direct-message channel of two users: ids sorted, as the server requires. */
