@@ -267,6 +267,7 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
             "since_epoch": hostile_text,
             "limit": query_numbers,
             "reverse": flags,
+            "before_offset": query_numbers,
         },
     },
     ("GET", "/api/channels/{channel}/presence"): {"params": {"channel": channels}},
