@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed as WebSocketClosed
 from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
 
-from tidings.server.protocol import Codec, StreamPosition, close_reconnects
+from tidings.server.gateway.protocol import Codec, StreamPosition, close_reconnects
 
 __all__ = ["CallError", "Connection", "ConnectionClosed"]
 

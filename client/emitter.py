@@ -27,13 +27,13 @@ from typing import Any, Self, Unpack
 
 import redis.asyncio as aioredis
 
-from tidings.server.backplane import HistoryPolicy, StreamPosition
-from tidings.server.backplane.redis import RedisBackplane
+from tidings.server.cluster.backplane import HistoryPolicy, StreamPosition
+from tidings.server.cluster.backplane.redis import RedisBackplane
 from tidings.server.config import Settings
-from tidings.server.jobqueue import RedisJobQueue
-from tidings.server.notification_store import RedisNotificationStore
-from tidings.server.notifications import Notifier, check_topic, check_user, parse_notify_request
-from tidings.server.protocol import check_channel, check_data
+from tidings.server.gateway.protocol import check_channel, check_data
+from tidings.server.jobs.queue_stores import RedisJobQueue
+from tidings.server.notify.notifier import Notifier, check_topic, check_user, parse_notify_request
+from tidings.server.notify.store import RedisNotificationStore
 
 from .publisher import NotifyFields, notify_body
 

@@ -13,7 +13,7 @@ from typing import Any, Required, Self, TypedDict, Unpack
 
 import httpx
 
-from tidings.server.protocol import StreamPosition
+from tidings.server.gateway.protocol import StreamPosition
 
 __all__ = ["AsyncPublisher", "NotifyFields", "PublishError", "Publisher", "notify_body"]
 

@@ -163,7 +163,7 @@ class Bench:
 
     async def token(self, user: str, base_url: str) -> str:
         if self.o.secret:
-            from tidings.server.auth import issue_token
+            from tidings.server.gateway.auth import issue_token
 
             return issue_token(user, self.o.secret, ttl=3600)
         import httpx  # dev mode: POST /api/dev/token (TIDINGS_DEV=1, as `tidings up` sets)

@@ -55,7 +55,9 @@ from loadtest.ledger import Inbox, Ledger, NotificationRecord, PublicationRecord
 from loadtest.report import summary, write_report
 from loadtest.series import TimeSeries
 from loadtest.wsclient import CallError, ClientClosed, ProtocolClient
-from tidings.server.auth import issue_token  # here: importing PyJWT's crypto in a greenlet stalls all users
+from tidings.server.gateway.auth import (
+    issue_token,  # here: importing PyJWT's crypto in a greenlet stalls all users
+)
 
 __all__ = [
     "BroadcastListener",

@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from tidings.server.cluster import LocalCluster
+from tidings.server.devcluster.supervisor import LocalCluster
 
 __all__ = ["main"]
 

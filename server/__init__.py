@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .app import create_app
-from .config import Settings
+from tidings.server.config import Settings
+from tidings.server.http.app import create_app
 
 __all__ = ["Settings", "create_app"]

@@ -38,11 +38,11 @@ def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .config import Settings
-    from .drain import DrainingServer
-    from .lean_ws import LeanWebSocketProtocol
-    from .logs import configure_logging
+    from tidings.server.config import Settings
+    from tidings.server.gateway.drain import DrainingServer
+    from tidings.server.http.app import create_app
+    from tidings.server.logs import configure_logging
+    from tidings.server.transport.lean_protocol import LeanWebSocketProtocol
 
     settings = Settings.from_env()
     app = create_app(settings)
@@ -75,8 +75,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def token(args: argparse.Namespace) -> int:
-    from .auth import issue_token
-    from .protocol import ProtocolError, check_user
+    from tidings.server.gateway.auth import issue_token
+    from tidings.server.gateway.protocol import ProtocolError, check_user
 
     secret = os.environ.get("TIDINGS_JWT_SECRET")
     if not secret:
@@ -92,7 +92,7 @@ def token(args: argparse.Namespace) -> int:
 
 
 def publish(args: argparse.Namespace) -> int:
-    from ..client.publisher import Publisher, PublishError
+    from tidings.client.publisher import Publisher, PublishError
 
     try:
         data = json.loads(args.data)
@@ -110,7 +110,7 @@ def publish(args: argparse.Namespace) -> int:
 
 
 def notify(args: argparse.Namespace) -> int:
-    from ..client.publisher import Publisher, PublishError
+    from tidings.client.publisher import Publisher, PublishError
 
     try:
         data = None if args.data is None else json.loads(args.data)
@@ -145,7 +145,7 @@ def notify(args: argparse.Namespace) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
-    from .cluster import run_cluster
+    from tidings.server.devcluster.supervisor import run_cluster
 
     return run_cluster(nodes=args.nodes, host=args.host, port=args.port)
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .backplane import HistoryPolicy
-from .origins import LOOPBACK_HOSTS, check_host_pattern
+from tidings.server.cluster.backplane import HistoryPolicy
+from tidings.server.gateway.origins import LOOPBACK_HOSTS, check_host_pattern
 
 __all__ = ["CONTROL_HISTORY", "ConfigError", "Secret", "Settings"]
 

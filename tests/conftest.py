@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tidings.server.auth import issue_token
+from tidings.server.gateway.auth import issue_token
 
 from .support.node import SECRET, RunningNode, run_node, test_settings
 from .support.redis_server import key_prefix, redis_client, redis_url

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.server.auth import Action, AuthError, TokenVerifier, check_api_key, issue_token, may
-from tidings.server.notifications import check_user
-from tidings.server.protocol import ProtocolError, check_channel
+from tidings.server.gateway.auth import Action, AuthError, TokenVerifier, check_api_key, issue_token, may
+from tidings.server.gateway.protocol import ProtocolError, check_channel
+from tidings.server.notify.notifier import check_user
 
 SECRET = "a-secret-that-is-long-enough-for-hs256-and-even-for-hs512-0123456"
 NOW = 1_800_000_000.0

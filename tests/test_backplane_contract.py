@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import pytest
 import redis.asyncio as aioredis
 
-from tidings.server.backplane import (
+from tidings.server.cluster.backplane import (
     Backplane,
     BackplaneUnavailable,
     HistoryPolicy,
@@ -23,11 +23,11 @@ from tidings.server.backplane import (
     Sender,
     StreamPosition,
 )
-from tidings.server.backplane import keys as redis_keys
-from tidings.server.backplane.envelope import encode_payload
-from tidings.server.backplane.memory import InMemoryBackplane
-from tidings.server.backplane.redis import PUBLISH_SCRIPT, RedisBackplane
-from tidings.server.valkey import ValkeyServer
+from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.backplane.envelope import encode_payload
+from tidings.server.cluster.backplane.memory import InMemoryBackplane
+from tidings.server.cluster.backplane.redis import PUBLISH_SCRIPT, RedisBackplane
+from tidings.server.devcluster.valkey import ValkeyServer
 
 from .support.timing import UNIT, wait_until
 

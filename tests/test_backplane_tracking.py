@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.server.backplane import HistoryPage, Publication, StreamPosition
-from tidings.server.backplane.tracking import OffsetTracker, Verdict
+from tidings.server.cluster.backplane import HistoryPage, Publication, StreamPosition
+from tidings.server.cluster.backplane.tracking import OffsetTracker, Verdict
 
 
 def synced(epoch: str = "e1", offset: int = 0) -> OffsetTracker:

@@ -17,7 +17,7 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WebSocketClosed
 
-from tidings.server.auth import issue_token
+from tidings.server.gateway.auth import issue_token
 
 from .support.logs import ErrorLog, error_log
 from .support.node import API_KEY, SECRET, RunningNode, run_node

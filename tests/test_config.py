@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.server.backplane import HistoryPolicy
+from tidings.server.cluster.backplane import HistoryPolicy
 from tidings.server.config import CONTROL_HISTORY, ConfigError, Secret, Settings
 
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tidings.server.app import prepare_settings
 from tidings.server.config import NAMESPACES, Settings
+from tidings.server.http.app import prepare_settings
 
 from .support.nginx import NGINX_TEMPLATE, check_config, placeholders, render
 

@@ -20,8 +20,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WebSocketClosed
 from websockets.exceptions import InvalidStatus
 
-from tidings.server.auth import issue_token
-from tidings.server.protocol import Codec
+from tidings.server.gateway.auth import issue_token
+from tidings.server.gateway.protocol import Codec
 
 from .e2e.servers import E2E_JWT_SECRET, serve_node
 from .support.timing import UNIT, wait_until

@@ -39,7 +39,7 @@ from websockets.exceptions import ConnectionClosed as WebSocketClosed
 from websockets.typing import Subprotocol
 
 from tidings.client import Connection
-from tidings.server.protocol import MAX_ID, Codec
+from tidings.server.gateway.protocol import MAX_ID, Codec
 
 from .support.node import RunningNode, run_node
 from .support.node import test_settings as node_settings

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.server.history import recover
-from tidings.server.protocol import StreamPosition
+from tidings.server.gateway.protocol import StreamPosition
+from tidings.server.gateway.recovery import recover
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from tidings.server.api import MAX_BODY_SIZE
-from tidings.server.app import create_app
+from tidings.server.http.app import create_app
+from tidings.server.http.routes import MAX_BODY_SIZE
 
 from .support.logs import ErrorLog, error_log
 from .support.node import API_KEY, RunningNode, run_node

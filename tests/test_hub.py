@@ -9,10 +9,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from tidings.server.backplane import BackplaneUnavailable, Publication, Sender
-from tidings.server.backplane.memory import InMemoryBackplane
-from tidings.server.hub import Hub
-from tidings.server.protocol import Codec, Frame
+from tidings.server.cluster.backplane import BackplaneUnavailable, Publication, Sender
+from tidings.server.cluster.backplane.memory import InMemoryBackplane
+from tidings.server.gateway.hub import Hub
+from tidings.server.gateway.protocol import Codec, Frame
 
 from .support.timing import UNIT, wait_until
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tidings.server.backplane import keys as redis_keys
-from tidings.server.jobqueue import InMemoryJobQueue, RedisJobQueue
-from tidings.server.jobs import Job, JobHandler, JobQueue, JobWorker, Lease, LocalLease
+from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.jobs.queue import Job, JobHandler, JobQueue, JobWorker, Lease, LocalLease
+from tidings.server.jobs.queue_stores import InMemoryJobQueue, RedisJobQueue
 
 from .support.timing import UNIT, wait_until
 

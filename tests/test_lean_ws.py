@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tidings.client import Connection
-from tidings.server.lean_ws import LeanWebSocketProtocol, Mailbox, WritableFlag
+from tidings.server.transport.lean_protocol import LeanWebSocketProtocol, Mailbox, WritableFlag
 
 from .support.timing import UNIT
 

@@ -24,16 +24,16 @@ from websockets.exceptions import ConnectionClosed as WebSocketClosed
 from websockets.exceptions import InvalidStatus
 
 from tidings.client import Connection, ConnectionClosed
-from tidings.server.auth import issue_token
-from tidings.server.drain import plan_batches
-from tidings.server.limits import (
+from tidings.server.gateway.auth import issue_token
+from tidings.server.gateway.drain import plan_batches
+from tidings.server.gateway.limits import (
     REJECTIONS_BEFORE_CLOSE,
     CommandLimiter,
     ConnectionLimits,
     TokenBucket,
     Verdict,
 )
-from tidings.server.protocol import Codec
+from tidings.server.gateway.protocol import Codec
 
 from .e2e.servers import E2E_JWT_SECRET, serve_node
 from .support.node import SECRET, RunningNode, run_node

@@ -15,10 +15,10 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tidings.client import Connection
-from tidings.server.backplane import keys as redis_keys
-from tidings.server.connection import Connection as ServerConnection
+from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.gateway.connection import Connection as ServerConnection
+from tidings.server.http.metrics import LatencyHistogram
 from tidings.server.logs import JsonFormatter, bind_connection, connection_id
-from tidings.server.metrics import LatencyHistogram
 
 from .support.node import API_KEY, RunningNode, run_node
 from .support.node import test_settings as node_settings

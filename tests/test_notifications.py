@@ -21,17 +21,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from tidings.client import AsyncPublisher, Connection, Publisher, PublishError, RedisEmitter
-from tidings.server.backplane import Publication
-from tidings.server.backplane import keys as redis_keys
-from tidings.server.backplane.memory import InMemoryBackplane
-from tidings.server.jobqueue import InMemoryJobQueue, RedisJobQueue
-from tidings.server.jobs import Job, JobQueue, JobWorker, Lease, LocalLease, new_job_id
-from tidings.server.notification_store import (
-    InMemoryNotificationStore,
-    NotificationStore,
-    RedisNotificationStore,
-)
-from tidings.server.notifications import (
+from tidings.server.cluster.backplane import Publication
+from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.backplane.memory import InMemoryBackplane
+from tidings.server.gateway.protocol import ProtocolError
+from tidings.server.jobs.queue import Job, JobQueue, JobWorker, Lease, LocalLease, new_job_id
+from tidings.server.jobs.queue_stores import InMemoryJobQueue, RedisJobQueue
+from tidings.server.notify.notifier import (
     NOTIFY_JOB,
     Audience,
     Notification,
@@ -40,7 +36,11 @@ from tidings.server.notifications import (
     parse_notify_request,
     parse_time,
 )
-from tidings.server.protocol import ProtocolError
+from tidings.server.notify.store import (
+    InMemoryNotificationStore,
+    NotificationStore,
+    RedisNotificationStore,
+)
 
 from .support.node import API_KEY, RunningNode, run_node
 from .support.node import test_settings as node_settings

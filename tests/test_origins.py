@@ -14,14 +14,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from tidings.server.config import ConfigError, Settings
-from tidings.server.origins import (
+from tidings.server.gateway.origins import (
     LOOPBACK_HOSTS,
     check_host_pattern,
     host_allowed,
     origin_allowed,
     parse_host,
 )
-from tidings.server.protocol import Codec
+from tidings.server.gateway.protocol import Codec
 
 from .support.node import RunningNode, run_node
 from .support.node import test_settings as node_settings

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tidings.client import CallError, Connection, ConnectionClosed
-from tidings.server.presence import InMemoryPresence, Member
+from tidings.server.cluster.presence import InMemoryPresence, Member
 
 from .support.node import API_KEY
 from .support.timing import UNIT, wait_until

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.server.protocol import (
+from tidings.server.gateway.protocol import (
     CLOSE_FORBIDDEN,
     CLOSE_NODE_SHUTDOWN,
     CLOSE_PROTOCOL_VIOLATION,

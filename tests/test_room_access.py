@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tidings.server.rooms import CachedRooms, InMemoryRooms, RoomDirectory
-from tidings.server.state import NodeState
+from tidings.server.cluster.rooms import CachedRooms, InMemoryRooms, RoomDirectory
+from tidings.server.node_state import NodeState
 
 from .support.node import API_KEY, RunningNode, run_node
 from .support.node import test_settings as node_settings

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.server.auth import Principal
-from tidings.server.protocol import (
+from tidings.server.gateway.auth import Principal
+from tidings.server.gateway.protocol import (
     CLOSE_PROTOCOL_VIOLATION,
     Command,
     Connect,
@@ -20,7 +20,7 @@ from tidings.server.protocol import (
     SubscribeRequest,
     Unsubscribe,
 )
-from tidings.server.session import Session, State
+from tidings.server.gateway.session import Session, State
 
 
 def new_session(max_channels: int = 8) -> Session:

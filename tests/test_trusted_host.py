@@ -8,7 +8,7 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tidings.server.protocol import Codec
+from tidings.server.gateway.protocol import Codec
 
 from .support.node import API_KEY, RunningNode, run_node
 from .support.node import test_settings as node_settings

@@ -9,7 +9,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from tidings.client import Connection
-from tidings.server.wire import OPCODE_BINARY, OPCODE_TEXT, encode_frame, wire_bytes
+from tidings.server.transport.frames import OPCODE_BINARY, OPCODE_TEXT, encode_frame, wire_bytes
 
 from .support.timing import UNIT
 

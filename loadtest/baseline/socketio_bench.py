@@ -67,7 +67,7 @@ from loadtest.benchkit import (  # noqa: E402
 )
 from loadtest.fastws import FastWebSocket, open_websocket  # noqa: E402
 from loadtest.procstat import busy_seconds, cpu_of, rss_of  # noqa: E402
-from tidings.server.valkey import ValkeyServer, die_with_parent, find_server_binary  # noqa: E402
+from tidings.server.devcluster.valkey import ValkeyServer, die_with_parent, find_server_binary  # noqa: E402
 
 SOCKETIO_DIR = HERE / "socketio"
 SERVER_JS = SOCKETIO_DIR / "server.js"

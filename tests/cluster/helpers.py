@@ -12,8 +12,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from tidings.server.auth import issue_token
-from tidings.server.protocol import Codec
+from tidings.server.gateway.auth import issue_token
+from tidings.server.gateway.protocol import Codec
 
 from ..support.node import API_KEY, SECRET
 from ..support.timing import UNIT, wait_until

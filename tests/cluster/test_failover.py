@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tidings.client import Connection
-from tidings.server.auth import issue_token
+from tidings.server.gateway.auth import issue_token
 
 from ..support.cluster import Cluster, start_cluster
 from ..support.node import SECRET

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from tidings.client import Connection
-from tidings.server.auth import issue_token
-from tidings.server.backplane import keys as redis_keys
+from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.gateway.auth import issue_token
 
 from ..support.cluster import Cluster
 from ..support.node import SECRET

@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from tidings.client import Connection
-from tidings.server.auth import issue_token
-from tidings.server.valkey import die_with_parent
+from tidings.server.devcluster.valkey import die_with_parent
+from tidings.server.gateway.auth import issue_token
 
 from ..support.cluster import Cluster, NodeProcess, start_cluster
 from ..support.nginx import Nginx, run_nginx

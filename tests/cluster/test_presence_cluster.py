@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from tidings.client import CallError, Connection
-from tidings.server.auth import issue_token
-from tidings.server.backplane import keys as redis_keys
-from tidings.server.valkey import die_with_parent
+from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.devcluster.valkey import die_with_parent
+from tidings.server.gateway.auth import issue_token
 
 from ..support.cluster import Cluster, NodeProcess, start_cluster
 from ..support.node import API_KEY, SECRET

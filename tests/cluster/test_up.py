@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.server.valkey import find_server_binary
+from tidings.server.devcluster.valkey import find_server_binary
 
 from ..support.cluster import healthz_node
 from ..support.ports import free_port

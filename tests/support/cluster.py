@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidings.server.valkey import die_with_parent
+from tidings.server.devcluster.valkey import die_with_parent
 
 from .node import API_KEY, SECRET
 from .ports import free_port

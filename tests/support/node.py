@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from tidings.server.app import create_app
-from tidings.server.backplane import Backplane
+from tidings.server.cluster.backplane import Backplane
 from tidings.server.config import Settings
-from tidings.server.lean_ws import LeanWebSocketProtocol
+from tidings.server.http.app import create_app
+from tidings.server.transport.lean_protocol import LeanWebSocketProtocol
 
 from .timing import UNIT
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from tidings.server.valkey import ValkeyServer, ValkeyUnavailable
+from tidings.server.devcluster.valkey import ValkeyServer, ValkeyUnavailable
 
 from .tools import missing_tool
 

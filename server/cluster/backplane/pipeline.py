@@ -1,0 +1,197 @@
+"""One connection that sends queued Redis commands in order, as one pipeline per round trip.
+
+DESIGN.md "Performance shape": publishing goes through one per-node publisher that
+pipelines the Lua calls in order rather than each publish awaiting its own round
+trip (+24 % under bursts). Callers queue a command and await its own reply; a
+single task, alive only while something is queued, sends whatever is queued as
+one write and reads the replies back in order.
+
+Errors:
+    BackplaneUnavailable
+        the connection failed (refused, reset, or the round trip took longer than
+        ``timeout``): every command of that
+        round trip gets it. Such a command may or may not have run.
+    redis.exceptions.ResponseError
+        Redis answered that one command with an error (other commands are unaffected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import (
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
+
+from tidings.server.cluster.backplane import BackplaneUnavailable
+
+__all__ = ["CommandPipeline", "Script", "is_unavailable"]
+
+logger = logging.getLogger("tidings.backplane.redis")
+
+# Replies that mean "the server cannot do it right now", not "the command is wrong".
+_TEMPORARY_REPLIES = ("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis is unreachable or temporarily unable to serve (a 503)."""
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)):
+        return True
+    if isinstance(exc, (ReadOnlyError, BusyLoadingError)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_TEMPORARY_REPLIES)
+
+
+class Script:
+    """A Lua script called by its SHA1 (``EVALSHA``) and loaded on ``NOSCRIPT``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass(slots=True)
+class _Call:
+    args: tuple[EncodableT, ...]
+    script: Script | None
+    future: asyncio.Future[Any]
+
+
+class CommandPipeline:
+    """Queued commands, sent in order over one dedicated connection.
+
+    Guarantees:
+      * Commands reach Redis in the order ``call``/``evalsha`` were called, so two
+        publications of one caller keep their order.
+      * Each caller gets its own reply; a ``NOSCRIPT`` reply loads the script and
+        runs those calls again (they did not run the first time).
+      * At most ``max_batch`` commands go in one round trip; a cancelled caller's
+        command is not sent if it has not been sent yet.
+    """
+
+    def __init__(self, connection: AbstractConnection, *, timeout: float, max_batch: int = 512) -> None:
+        """``connection`` should have no ``socket_timeout`` of its own: redis-py would then start a task
+        (``wait_for``) per write and a timer per reply; ``timeout`` bounds each round trip as a whole.
+        """
+        self._connection = connection
+        self._timeout = timeout
+        self._max_batch = max_batch
+        self._queue: list[_Call] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def call(self, *args: EncodableT) -> Any:
+        """Run one command; return its reply.
+
+        Raises:
+            BackplaneUnavailable: Redis could not be reached.
+            ResponseError: Redis answered with an error.
+        """
+        return await self._enqueue(args, None)
+
+    async def evalsha(self, script: Script, keys: list[str], args: list[EncodableT]) -> Any:
+        """Run ``script`` with ``keys`` and ``args``; return its reply (errors as for :meth:`call`)."""
+        return await self._enqueue(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
+    async def close(self) -> None:
+        """Fail what is queued, stop the sender and close the connection. Idempotent."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail(self._queue, BackplaneUnavailable("the backplane is closed"))
+        self._queue = []
+        await self._connection.disconnect()
+
+    def _enqueue(self, args: tuple[EncodableT, ...], script: Script | None) -> asyncio.Future[Any]:
+        if self._closed:
+            raise BackplaneUnavailable("the backplane is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Call(args, script, future))
+        if self._task is None:
+            self._task = loop.create_task(self._send_queued())
+        return future
+
+    async def _send_queued(self) -> None:
+        try:
+            while self._queue:
+                batch = [call for call in self._queue[: self._max_batch] if not call.future.done()]
+                del self._queue[: self._max_batch]
+                if batch:
+                    await self._round_trip(batch)
+        finally:
+            self._task = None
+
+    async def _round_trip(self, batch: list[_Call]) -> None:
+        try:
+            replies = await self._execute([call.args for call in batch])
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # The script cache is empty (new or restarted server, SCRIPT FLUSH): load and run those again.
+                scripts = {s.sha: s for s in (batch[i].script for i in missing) if s is not None}
+                await self._execute([("SCRIPT", "LOAD", s.source) for s in scripts.values()])
+                again = await self._execute([batch[i].args for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except Exception as exc:
+            if is_unavailable(exc):
+                self._fail(batch, BackplaneUnavailable(f"Redis unreachable: {exc}"), cause=exc)
+            else:
+                logger.error("a pipelined round trip failed: %r", exc)
+                for call in batch:
+                    if not call.future.done():
+                        call.future.set_exception(exc)
+            return
+        except BaseException:
+            self._fail(batch, BackplaneUnavailable("the backplane is closed"))
+            raise
+        for call, reply in zip(batch, replies, strict=True):
+            if call.future.done():
+                continue
+            if not isinstance(reply, Exception):
+                call.future.set_result(reply)
+            elif is_unavailable(reply):
+                self._fail([call], BackplaneUnavailable(f"Redis cannot serve: {reply}"), cause=reply)
+            else:
+                call.future.set_exception(reply)
+
+    async def _execute(self, commands: list[tuple[EncodableT, ...]]) -> list[Any]:
+        connection = self._connection
+        try:
+            async with asyncio.timeout(self._timeout):  # one timer per round trip, not one per reply
+                # send_packed_command connects first when needed (once, within the connect timeout).
+                await connection.send_packed_command(connection.pack_commands(commands), False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:  # the reply was read whole: the stream stays in step
+                        replies.append(exc)
+            return replies
+        except BaseException:
+            # A cancelled or failed round trip leaves replies unread: never reuse the socket.
+            await connection.disconnect(nowait=True)
+            raise
+
+    @staticmethod
+    def _fail(calls: list[_Call], error: BackplaneUnavailable, *, cause: BaseException | None = None) -> None:
+        for call in calls:
+            if not call.future.done():
+                exc = BackplaneUnavailable(str(error))
+                exc.__cause__ = cause
+                call.future.set_exception(exc)

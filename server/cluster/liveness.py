@@ -1,0 +1,145 @@
+"""Node liveness: a short-TTL key per node incarnation, and the sweep that buries dead ones.
+
+An incarnation is one process: its node id plus a boot id drawn at start
+(:func:`new_incarnation`). Each node refreshes its incarnation's ``alive`` key
+every ``heartbeat_interval``; the key expires ``ttl`` seconds after the last
+refresh. Once per tick, the node holding the sweep lease (see jobs.py) looks for
+registered incarnations whose key is gone, removes their presence entries and
+announces a ``leave`` for each — once, since only one node sweeps at a time and
+HDEL decides who removed an entry. A node killed with SIGKILL is thus gone from
+presence within ``ttl`` plus one tick (DESIGN.md, Guarantee 4), also when it is
+restarted at once under the same node id (docker-compose ``restart:``): the new
+process is a new incarnation, whose heartbeat keeps no dead entry alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.presence import Member, Presence
+from tidings.server.jobs.queue import Lease, run_once_periodically
+
+__all__ = ["NodeLiveness", "new_incarnation"]
+
+logger = logging.getLogger("tidings.liveness")
+
+Announce = Callable[[str, Member], Awaitable[None]]
+
+
+def new_incarnation(node_id: str) -> str:
+    """A fresh identity for this process: ``node_id`` plus a random boot id, unique across restarts.
+
+    ``~`` may appear in Redis key names and hash tags (no braces, no spaces).
+    """
+    return f"{node_id}~{secrets.token_hex(4)}"
+
+
+class NodeLiveness:
+    """Heartbeat of this node incarnation plus the cluster-wide dead-incarnation sweep.
+
+    Args:
+        incarnation: this process's identity (:func:`new_incarnation`), the one its presence store
+            indexes entries under.
+        announce_leave: called for every removed entry of a dead node (publishes the ``leave`` push).
+        on_revived: called when this node finds its own key expired (it was presumed dead, e.g. a long
+            pause): it must re-add its connections' presence.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        presence: Presence,
+        *,
+        key_prefix: str,
+        incarnation: str,
+        announce_leave: Announce,
+        on_revived: Callable[[], Awaitable[None]],
+        ttl: float = 5.0,
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        self._redis = client
+        self._presence = presence
+        self._prefix = key_prefix
+        self.incarnation = incarnation
+        self._announce_leave = announce_leave
+        self._on_revived = on_revived
+        self.ttl = ttl
+        self.heartbeat_interval = heartbeat_interval
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sweep_lease = Lease(client, redis_keys.lease(key_prefix, "node-sweep"), ttl=max(ttl, 5.0))
+
+    async def start(self) -> None:
+        try:
+            await self._beat(first=True)
+        except (RedisError, OSError):
+            logger.warning("first heartbeat of node %s failed: Redis unreachable; retrying", self.incarnation)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._heartbeat_forever(), name="tidings-heartbeat"),
+            loop.create_task(
+                run_once_periodically(
+                    self._sweep_lease, self.heartbeat_interval, self.sweep, name="node-sweep"
+                ),
+                name="tidings-node-sweep",
+            ),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        # Let the survivors sweep whatever this node leaves behind right away, not after the TTL.
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(redis_keys.node_alive(self._prefix, self.incarnation))
+
+    async def _beat(self, *, first: bool = False) -> None:
+        alive = redis_keys.node_alive(self._prefix, self.incarnation)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(alive, "1", px=int(self.ttl * 1000), get=True)
+            pipe.sadd(redis_keys.nodes(self._prefix), self.incarnation)
+            previous, _ = await pipe.execute()
+        if previous is None and not first:
+            logger.warning(
+                "node %s was presumed dead (heartbeat key expired); re-announcing", self.incarnation
+            )
+            await self._on_revived()
+
+    async def _heartbeat_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self._beat()
+                if failing:
+                    logger.info("heartbeat of node %s restored", self.incarnation)
+                    failing = False
+            except (RedisError, OSError):
+                if not failing:
+                    logger.warning("heartbeat of node %s failing: Redis unreachable", self.incarnation)
+                    failing = True
+
+    async def sweep(self) -> None:
+        """Bury every registered incarnation whose liveness key expired (run under the sweep lease)."""
+        registered = await self._redis.smembers(redis_keys.nodes(self._prefix))
+        for raw in registered:
+            incarnation = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if incarnation == self.incarnation:
+                continue
+            if await self._redis.exists(redis_keys.node_alive(self._prefix, incarnation)):
+                continue
+            removed = await self._presence.remove_node(incarnation)
+            for channel, member in removed:
+                await self._announce_leave(channel, member)
+            await self._redis.srem(redis_keys.nodes(self._prefix), incarnation)
+            logger.info("node %s is gone: removed %d presence entries", incarnation, len(removed))

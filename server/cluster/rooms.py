@@ -1,0 +1,177 @@
+"""Rooms: public or private, and who may read a private one.
+
+The source of truth is Redis (or memory on a single node). Nodes keep a local
+cache of answers, and every node drops a room's cached answers the moment the
+room changes: the node that changes it publishes ``invalidate_room`` on the
+control channel (control.py), which is as reliable as publications: its messages
+have offsets and a gap is repaired from history. Cached answers also expire after
+``cache_ttl`` as a last safety net.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from tidings.server.cluster.backplane import BackplaneUnavailable
+from tidings.server.cluster.backplane import keys as redis_keys
+
+__all__ = ["CachedRooms", "InMemoryRooms", "RedisRooms", "RoomDirectory", "room_name"]
+
+
+def room_name(channel: str) -> str | None:
+    """The room of a ``room:<name>`` channel, None for other channels."""
+    return channel[5:] if channel.startswith("room:") else None
+
+
+class RoomDirectory(Protocol):
+    """Room settings and private-room membership. Errors raise BackplaneUnavailable."""
+
+    async def create(self, room: str, *, private: bool) -> None: ...
+
+    async def add_member(self, room: str, user: str) -> None: ...
+
+    async def remove_member(self, room: str, user: str) -> None: ...
+
+    async def is_private(self, room: str) -> bool: ...
+
+    async def is_member(self, room: str, user: str) -> bool: ...
+
+
+class InMemoryRooms:
+    def __init__(self) -> None:
+        self._private: set[str] = set()
+        self._members: dict[str, set[str]] = {}
+
+    async def create(self, room: str, *, private: bool) -> None:
+        if private:
+            self._private.add(room)
+        else:
+            self._private.discard(room)
+
+    async def add_member(self, room: str, user: str) -> None:
+        self._members.setdefault(room, set()).add(user)
+
+    async def remove_member(self, room: str, user: str) -> None:
+        self._members.get(room, set()).discard(user)
+
+    async def is_private(self, room: str) -> bool:
+        return room in self._private
+
+    async def is_member(self, room: str, user: str) -> bool:
+        return user in self._members.get(room, set())
+
+
+class RedisRooms:
+    """Rooms in Redis: a settings hash and a member set per room (hash-tagged like the room's channel)."""
+
+    def __init__(self, client: aioredis.Redis, *, key_prefix: str) -> None:
+        self._redis = client
+        self._prefix = key_prefix
+
+    async def create(self, room: str, *, private: bool) -> None:
+        await self._call(self._redis.hset(redis_keys.room(self._prefix, room), "private", int(private)))
+
+    async def add_member(self, room: str, user: str) -> None:
+        await self._call(self._redis.sadd(redis_keys.room_members(self._prefix, room), user))
+
+    async def remove_member(self, room: str, user: str) -> None:
+        await self._call(self._redis.srem(redis_keys.room_members(self._prefix, room), user))
+
+    async def is_private(self, room: str) -> bool:
+        value = await self._call(self._redis.hget(redis_keys.room(self._prefix, room), "private"))
+        return value in (b"1", "1")
+
+    async def is_member(self, room: str, user: str) -> bool:
+        found = await self._call(self._redis.sismember(redis_keys.room_members(self._prefix, room), user))
+        return bool(found)
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise BackplaneUnavailable("room directory unavailable") from exc
+
+
+class CachedRooms:
+    """A node-local cache in front of a RoomDirectory, invalidated cluster-wide (see module docstring).
+
+    Guarantees:
+      * At most ``max_entries`` answers are kept (least recently used go first): a user asking about
+        endless room names cannot grow the node's memory.
+      * ``invalidate(room)`` forgets that room's answers in time proportional to them, not to the cache.
+      * An answer read from the directory while an invalidation went by is not cached, and
+        ``generation`` changes with every invalidation, so a caller can tell that its answer
+        may be stale and ask again.
+    """
+
+    def __init__(
+        self, directory: RoomDirectory, *, cache_ttl: float = 30.0, max_entries: int = 10_000
+    ) -> None:
+        self.directory = directory
+        self.cache_ttl = cache_ttl
+        self.max_entries = max_entries
+        self._private: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+        self._members: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
+        self._users_of: dict[str, set[str]] = {}  # room → users with a cached answer (for invalidate)
+        self.generation = 0  # bumped by every invalidation: an answer read before one is not cached
+
+    def __len__(self) -> int:
+        return len(self._private) + len(self._members)
+
+    def invalidate(self, room: str) -> None:
+        """Forget everything cached about ``room`` (on a control message or a local change)."""
+        self.generation += 1
+        self._private.pop(room, None)
+        for user in self._users_of.pop(room, ()):
+            self._members.pop((room, user), None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._private.clear()
+        self._members.clear()
+        self._users_of.clear()
+
+    async def may_access(self, room: str, user: str) -> bool:
+        """Whether ``user`` may read or write ``room``: public rooms are open, private ones need membership."""
+        now = time.monotonic()
+        generation = self.generation
+        cached = self._private.get(room)
+        if cached is None or cached[1] < now:
+            cached = (await self.directory.is_private(room), now + self.cache_ttl)
+            if generation == self.generation:
+                self._private[room] = cached
+                self._private.move_to_end(room)
+                self._evict()
+        else:
+            self._private.move_to_end(room)
+        if not cached[0]:
+            return True
+        key = (room, user)
+        member = self._members.get(key)
+        if member is None or member[1] < now:
+            member = (await self.directory.is_member(room, user), now + self.cache_ttl)
+            if generation == self.generation:
+                self._members[key] = member
+                self._users_of.setdefault(room, set()).add(user)
+                self._members.move_to_end(key)
+                self._evict()
+        else:
+            self._members.move_to_end(key)
+        return member[0]
+
+    def _evict(self) -> None:
+        while len(self._private) + len(self._members) > self.max_entries:
+            if self._members and (not self._private or len(self._members) >= len(self._private)):
+                (room, user), _ = self._members.popitem(last=False)
+                users = self._users_of.get(room)
+                if users is not None:
+                    users.discard(user)
+                    if not users:
+                        del self._users_of[room]
+            else:
+                self._private.popitem(last=False)

@@ -1,0 +1,32 @@
+"""The lifespan state of a node: what every request and connection reaches through ``scope["state"]``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypedDict
+
+from tidings.server.cluster.backplane import Backplane
+from tidings.server.cluster.control import ControlPlane
+from tidings.server.cluster.presence import Presence
+from tidings.server.cluster.rooms import CachedRooms
+from tidings.server.config import Settings
+from tidings.server.gateway.commands import CommandRunner
+from tidings.server.gateway.hub import Hub
+from tidings.server.jobs.queue import JobQueue, JobWorker
+from tidings.server.notify.notifier import Notifier
+
+__all__ = ["NodeState"]
+
+
+class NodeState(TypedDict):
+    settings: Settings
+    backplane: Backplane
+    hub: Hub
+    runner: CommandRunner
+    presence: Presence
+    rooms: CachedRooms
+    control: ControlPlane
+    notifier: Notifier
+    jobs: JobQueue
+    job_worker: JobWorker | None  # None: TIDINGS_JOBS=off
+    draining: asyncio.Event  # set on shutdown: /readyz fails and new sockets are refused
