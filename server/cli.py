@@ -36,40 +36,17 @@ def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from tidings.server.config import Settings
-    from tidings.server.gateway.drain import DrainingServer
     from tidings.server.http.app import create_app
     from tidings.server.logs import configure_logging
-    from tidings.server.transport.lean_protocol import LeanWebSocketProtocol
+    from tidings.server.transport.server import node_server
 
     settings = Settings.from_env()
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        # DESIGN.md "Performance shape": websockets-sansio costs least CPU and memory per connection;
-        # the lean subclass swaps its per-connection queue and event for smaller ones (lean_ws.py).
-        ws=LeanWebSocketProtocol,
-        # permessage-deflate compresses every frame again per connection (the shared encoded frame is
-        # lost) and costs ~18 KiB more per idle browser connection (measured: 23.7 vs 5.7 KiB).
-        ws_per_message_deflate=False,
-        ws_max_size=max(4 * settings.max_message_size, 1 << 20),  # larger frames get a 413 reply first
-        ws_ping_interval=settings.ping_interval,
-        ws_ping_timeout=settings.ping_timeout,
-        lifespan="on",
-        log_level=args.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    configure_logging(settings.node_id, log_format=settings.log_format, level=args.log_level)
     sockets = [bind_socket(args.host, args.port, reuse_port=args.shared_port is not None)]
     if args.shared_port is not None:
         sockets.append(bind_socket(args.host, args.shared_port, reuse_port=True))
-    # SIGTERM drains the node first (drain.py); the shared SO_REUSEPORT listener closes as it starts.
-    server = DrainingServer(config, settings, shared_sockets=sockets[1:])
+    server = node_server(create_app(settings), settings, shared_sockets=sockets[1:], log_level=args.log_level)
+    configure_logging(settings.node_id, log_format=settings.log_format, level=args.log_level)
     server.run(sockets=sockets)
     return 0
 

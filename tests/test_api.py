@@ -13,7 +13,7 @@ import pytest_asyncio
 from tidings.client import AsyncPublisher, Connection, Publisher, PublishError
 from tidings.server.gateway.auth import TokenVerifier
 from tidings.server.gateway.protocol import StreamPosition
-from tidings.server.node_state import NodeState
+from tidings.server.node import NodeState
 
 from .support.node import API_KEY, SECRET, RunningNode, run_node
 from .support.node import test_settings as node_settings

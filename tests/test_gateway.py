@@ -22,7 +22,7 @@ from websockets.typing import Subprotocol
 from tidings.client import Connection, ConnectionClosed
 from tidings.server.gateway.connection import Connection as ServerConnection
 from tidings.server.gateway.protocol import Codec
-from tidings.server.node_state import NodeState
+from tidings.server.node import NodeState
 
 from .support.node import API_KEY, SECRET, RunningNode, run_node
 from .support.node import test_settings as node_settings

@@ -202,7 +202,7 @@ def _peak_rss(pid: int) -> int:
 async def test_presence_of_a_crowded_room_is_bounded_and_says_so() -> None:
     """3,000 members do not fit a 128 KiB outbox: the reply lists those that fit, complete false, total."""
     from tidings.server.cluster.presence import Member
-    from tidings.server.node_state import NodeState
+    from tidings.server.node import NodeState
 
     async with run_node(node_settings(outbox_size=128 * 1024)) as node:
         state: NodeState = node.server.lifespan.state  # type: ignore[assignment]

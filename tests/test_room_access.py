@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tidings.server.cluster.rooms import CachedRooms, InMemoryRooms, RoomDirectory
-from tidings.server.node_state import NodeState
+from tidings.server.node import NodeState
 
 from .support.node import API_KEY, RunningNode, run_node
 from .support.node import test_settings as node_settings

@@ -17,6 +17,9 @@ What happens, within ``TIDINGS_DRAIN_TIMEOUT`` seconds of the signal:
    never finished ``connect`` get 1012, the lifespan stops the backplane, and the
    process exits 0. A backstop forces the exit at the deadline.
 
+The signal handling that starts it lives with the rest of uvicorn's specifics in
+``transport/server.py``.
+
 Why a custom signal handler and not the lifespan: uvicorn's shutdown first sends
 1012 to every WebSocket at once and only then runs the lifespan shutdown, so a
 drain hooked there would come after the stampede it is meant to prevent.
@@ -29,23 +32,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import signal
-import socket
-from collections.abc import Sequence
-from types import FrameType
-from typing import TYPE_CHECKING, cast
-
-import uvicorn
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tidings.server.gateway.connection import Connection
 from tidings.server.gateway.protocol import CLOSE_NODE_SHUTDOWN
 
 if TYPE_CHECKING:
-    from tidings.server.config import Settings
     from tidings.server.gateway.hub import Hub
-    from tidings.server.node_state import NodeState
+    from tidings.server.node import NodeState
 
-__all__ = ["DrainingServer", "drain_connections", "plan_batches"]
+__all__ = ["drain_connections", "drain_node", "plan_batches"]
 
 logger = logging.getLogger("tidings.drain")
 
@@ -116,94 +113,24 @@ async def drain_connections(
     return len(told)
 
 
-class DrainingServer(uvicorn.Server):
-    """``uvicorn.Server`` that drains on SIGTERM before its usual shutdown.
+async def drain_node(state: NodeState, *, start: float, shared_listeners_closed: Callable[[], None]) -> None:
+    """Steps 1 and 2 of the module docstring: refuse new sockets, tell every connection to leave.
 
     Args:
-        config: the uvicorn config (its app must be ``create_app(settings)``).
-        settings: drain timeout, batch size and interval.
-        shared_sockets: listeners to close as soon as the drain starts (``SO_REUSEPORT``
-            ones shared with other nodes).
+        state: the node (its ``draining`` flag and hub).
+        start: loop time of the signal; the budget is ``drain_timeout`` from it.
+        shared_listeners_closed: closes the ``SO_REUSEPORT`` listeners shared with other nodes.
     """
-
-    def __init__(
-        self, config: uvicorn.Config, settings: Settings, shared_sockets: Sequence[socket.socket] = ()
-    ) -> None:
-        super().__init__(config)
-        self.settings = settings
-        self.shared_sockets = list(shared_sockets)
-        self.drain_task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._backstop: asyncio.TimerHandle | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().startup(sockets=sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if (
-            sig == signal.SIGTERM
-            and self.drain_task is None
-            and self.started
-            and not self.should_exit
-            and self._loop is not None
-        ):
-            # A signal handler runs between two bytecodes of the loop's thread: hand over, do nothing here.
-            self._loop.call_soon_threadsafe(self._start_drain)
-            return
-        super().handle_exit(sig, frame)
-
-    def _start_drain(self) -> None:
-        if self.drain_task is None and not self.should_exit:
-            self.drain_task = asyncio.get_running_loop().create_task(self.drain())
-
-    async def drain(self) -> None:
-        """Run the whole drain (steps 1 and 2 of the module docstring), then let uvicorn shut down."""
-        loop = asyncio.get_running_loop()
-        settings = self.settings
-        start = loop.time()
-        deadline = start + settings.drain_timeout
-        self._backstop = loop.call_at(deadline, self._force_exit)
-        try:
-            state = cast("NodeState", self.lifespan.state)
-            state["draining"].set()
-            self._close_shared_listeners()
-            hub = state["hub"]
-            logger.info("draining %d connections within %.1f s", len(hub.connections), settings.drain_timeout)
-            told = await drain_connections(
-                hub,
-                batch_size=settings.drain_batch_size,
-                interval=settings.drain_interval,
-                spread_until=start + _SPREAD_SHARE * settings.drain_timeout,
-                give_up_at=start + _CLOSE_SHARE * settings.drain_timeout,
-            )
-            logger.info("drained: %d told to reconnect, %d left", told, len(hub.connections))
-        except Exception:
-            logger.exception("drain failed; shutting down at once")
-        finally:
-            # uvicorn reads this when its shutdown starts: its own grace for requests in flight, but
-            # never past the drain deadline (at least 1 s).
-            remaining = math.floor(deadline - loop.time())
-            configured = self.config.timeout_graceful_shutdown
-            grace = remaining if configured is None else min(configured, remaining)
-            self.config.timeout_graceful_shutdown = max(1, grace)
-            self.should_exit = True
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().shutdown(sockets=sockets)
-        finally:
-            if self._backstop is not None:
-                self._backstop.cancel()
-
-    def _force_exit(self) -> None:
-        if not self.force_exit:
-            logger.warning("drain timeout reached; exiting now")
-            self.force_exit = True
-            self.should_exit = True
-
-    def _close_shared_listeners(self) -> None:
-        names = {sock.getsockname() for sock in self.shared_sockets}
-        for server in self.servers:
-            if any(listener.getsockname() in names for listener in server.sockets):
-                server.close()
+    settings = state["settings"]
+    state["draining"].set()
+    shared_listeners_closed()
+    hub = state["hub"]
+    logger.info("draining %d connections within %.1f s", len(hub.connections), settings.drain_timeout)
+    told = await drain_connections(
+        hub,
+        batch_size=settings.drain_batch_size,
+        interval=settings.drain_interval,
+        spread_until=start + _SPREAD_SHARE * settings.drain_timeout,
+        give_up_at=start + _CLOSE_SHARE * settings.drain_timeout,
+    )
+    logger.info("drained: %d told to reconnect, %d left", told, len(hub.connections))

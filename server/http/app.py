@@ -33,7 +33,7 @@ from tidings.server.gateway.hub import Hub
 from tidings.server.http.notify_routes import notification_routes
 from tidings.server.http.routes import routes
 from tidings.server.http.trusted_host import TrustedHost
-from tidings.server.node_state import NodeState
+from tidings.server.node import NodeState
 from tidings.server.notify.notifier import start_notifications
 from tidings.server.transport.admission import serve_gateway
 

@@ -41,7 +41,7 @@ from tidings.server.gateway.connection import Connection
 
 if TYPE_CHECKING:
     from tidings.server.jobs.queue import JobCounts
-    from tidings.server.node_state import NodeState
+    from tidings.server.node import NodeState
 
 __all__ = [
     "CountsGapRepairs",

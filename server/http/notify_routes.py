@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from tidings.server.gateway.protocol import MAX_READ_IDS, is_notification_id
 from tidings.server.http.routes import ApiError, endpoint, read_json
-from tidings.server.node_state import NodeState
+from tidings.server.node import NodeState
 from tidings.server.notify.notifier import check_topic, check_user, parse_notify_request
 
 __all__ = ["notification_routes"]

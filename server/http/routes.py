@@ -34,7 +34,7 @@ from tidings.server.gateway.protocol import (
     is_unicode,
 )
 from tidings.server.http.metrics import metrics_endpoint
-from tidings.server.node_state import NodeState
+from tidings.server.node import NodeState
 
 __all__ = ["ApiError", "routes"]
 

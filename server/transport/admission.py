@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from tidings.server.gateway.connection import serve_websocket
 
 if TYPE_CHECKING:
-    from tidings.server.node_state import NodeState
+    from tidings.server.node import NodeState
 
 __all__ = ["refuse_websocket", "serve_gateway"]
 

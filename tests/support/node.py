@@ -13,7 +13,7 @@ import uvicorn
 from tidings.server.cluster.backplane import Backplane
 from tidings.server.config import Settings
 from tidings.server.http.app import create_app
-from tidings.server.transport.lean_protocol import LeanWebSocketProtocol
+from tidings.server.transport.server import node_config
 
 from .timing import UNIT
 
@@ -58,14 +58,7 @@ async def run_node(settings: Settings, *, backplane: Backplane | None = None) ->
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        create_app(settings, backplane=backplane),
-        ws=LeanWebSocketProtocol,  # as `tidings serve` (cli.py)
-        ws_per_message_deflate=False,  # as `tidings serve` (cli.py)
-        ws_max_size=max(4 * settings.max_message_size, 1 << 20),
-        lifespan="on",
-        log_level="warning",
-    )
+    config = node_config(create_app(settings, backplane=backplane), settings, log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
