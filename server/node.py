@@ -13,6 +13,7 @@ from tidings.server.config import Settings
 from tidings.server.gateway.commands import CommandRunner
 from tidings.server.gateway.hub import Hub
 from tidings.server.jobs.queue import JobQueue, JobWorker
+from tidings.server.metrics import MetricsRegistry
 from tidings.server.notify.notifier import Notifier
 
 __all__ = ["NodeState"]
@@ -30,3 +31,4 @@ class NodeState(TypedDict):
     jobs: JobQueue
     job_worker: JobWorker | None  # None: TIDINGS_JOBS=off
     draining: asyncio.Event  # set on shutdown: /readyz fails and new sockets are refused
+    metrics: MetricsRegistry  # what /metrics shows: each part registered its own source

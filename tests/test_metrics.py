@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tidings.client import Connection
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.gateway.connection import Connection as ServerConnection
-from tidings.server.http.metrics import LatencyHistogram
 from tidings.server.logs import JsonFormatter, bind_connection, connection_id
+from tidings.server.metrics import LatencyHistogram
 
 from .support.node import API_KEY, RunningNode, run_node
 from .support.node import test_settings as node_settings
@@ -154,7 +154,7 @@ async def test_slow_disconnects_and_dropped_frames_are_counted(token: Token) -> 
 
 
 async def test_sources_hook_adds_families_at_scrape_time() -> None:
-    """Jobs and notifications plug their counts in with NodeMetrics.add_source."""
+    """Any part plugs its families in with the node's MetricsRegistry.add_source."""
     async with run_node(node_settings()) as node:
         done = {"fanout": 0}
 
@@ -164,7 +164,7 @@ async def test_sources_hook_adds_families_at_scrape_time() -> None:
                 family.add_metric([job], count)
             return [family]
 
-        node.server.lifespan.state["runner"].metrics.add_source(jobs)
+        node.server.lifespan.state["metrics"].add_source(jobs)
         assert value(await scrape(node), "tidings_job_types_total", job="fanout") == 0
         done["fanout"] = 3
         assert value(await scrape(node), "tidings_job_types_total", job="fanout") == 3

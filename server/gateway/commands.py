@@ -49,7 +49,7 @@ from tidings.server.gateway.protocol import (
     ok_reply,
 )
 from tidings.server.gateway.recovery import Recovery, recover
-from tidings.server.http.metrics import NodeMetrics
+from tidings.server.metrics import NodeMetrics
 
 if TYPE_CHECKING:
     from tidings.server.notify.notifier import Notifier
@@ -153,7 +153,7 @@ class CommandRunner:
         self.limits = ConnectionLimits(
             max_connections=settings.max_connections, max_user_connections=settings.max_user_connections
         )
-        self.metrics = NodeMetrics()  # event counters for /metrics (metrics.py reads the rest at scrape time)
+        self.metrics = NodeMetrics()  # event counters for /metrics (gateway/metrics.py reads the rest)
 
     def new_client_id(self) -> str:
         """A cluster-unique connection id (node-unique prefix plus a counter)."""

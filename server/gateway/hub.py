@@ -67,6 +67,11 @@ class Hub:
         return list(self._channels)
 
     @property
+    def subscription_count(self) -> int:
+        """Subscriptions of the local connections, all channels together (for /metrics)."""
+        return sum(len(subscribers) for subscribers in self._channels.values())
+
+    @property
     def channel_count(self) -> int:
         return len(self._channels)
 

@@ -24,16 +24,22 @@ from tidings.server.cluster.backplane import Backplane, Publication
 from tidings.server.cluster.backplane.memory import InMemoryBackplane
 from tidings.server.cluster.control import ControlPlane
 from tidings.server.cluster.liveness import NodeLiveness, new_incarnation
+from tidings.server.cluster.metrics import backplane_metrics
 from tidings.server.cluster.presence import InMemoryPresence, Presence, RedisPresence, announces_presence
 from tidings.server.cluster.rooms import CachedRooms, InMemoryRooms, RedisRooms
 from tidings.server.config import ConfigError, Secret, Settings
 from tidings.server.gateway.auth import TokenVerifier
 from tidings.server.gateway.commands import CommandRunner
 from tidings.server.gateway.hub import Hub
+from tidings.server.gateway.metrics import gateway_metrics
+from tidings.server.http.metrics import node_metrics
 from tidings.server.http.notify_routes import notification_routes
 from tidings.server.http.routes import routes
 from tidings.server.http.trusted_host import TrustedHost
+from tidings.server.jobs.metrics import JobMetrics
+from tidings.server.metrics import MetricsRegistry
 from tidings.server.node import NodeState
+from tidings.server.notify.metrics import notifier_metrics
 from tidings.server.notify.notifier import start_notifications
 from tidings.server.transport.admission import serve_gateway
 
@@ -134,7 +140,7 @@ async def start_node(
         )
         await liveness.start()
         stack.push_async_callback(liveness.stop)
-    return {
+    state: NodeState = {
         "settings": settings,
         "backplane": node_backplane,
         "hub": hub,
@@ -146,7 +152,16 @@ async def start_node(
         "jobs": job_queue,
         "job_worker": job_worker,
         "draining": asyncio.Event(),
+        "metrics": MetricsRegistry(),
     }
+    registry = state["metrics"]
+    registry.add_source(node_metrics(state))
+    registry.add_source(backplane_metrics(node_backplane))
+    registry.add_source(gateway_metrics(hub, runner.limits, runner.metrics))
+    job_metrics = JobMetrics(job_queue, job_worker)
+    registry.add_source(job_metrics.collect, refresh=job_metrics.refresh)
+    registry.add_source(notifier_metrics(notifier))
+    return state
 
 
 async def _nothing() -> None:
