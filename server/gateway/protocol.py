@@ -108,8 +108,8 @@ _CHANNEL_RE: Final = re.compile(rf"room:{_NAME}(:{_NAME})?|user:{_USER}|dm:{_USE
 
 
 def close_reconnects(code: int) -> bool:
-    """Whether a client closed with ``code`` should reconnect (with backoff) and recover."""
-    return code < 4000 or 4000 <= code < 4500
+    """Whether a client closed with ``code`` should reconnect (with backoff) and recover: all but 4500-4999."""
+    return not 4500 <= code <= 4999
 
 
 class ProtocolError(Exception):
