@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.server.protocol import close_reconnects
+from tidings.server.gateway.protocol import close_reconnects
 
 from .support.timing import UNIT
 from .support.tools import missing_tool
@@ -46,7 +46,7 @@ CODES = [
 
 
 def documented_rule(code: int) -> bool:
-    """The rule as documented in server/protocol.py and web/tidings.js: only 4500-4999 are terminal."""
+    """The rule as documented in server/gateway/protocol.py and web/tidings.js: only 4500-4999 are terminal."""
     return not 4500 <= code <= 4999
 
 
@@ -91,7 +91,7 @@ def js_close_reconnects(codes: list[int]) -> list[object]:
 
 @pytest.mark.parametrize("code", CODES)
 def test_python_rule_is_the_documented_one(code: int) -> None:
-    """close_reconnects (server/protocol.py, used by client/connection.py) follows the documented rule."""
+    """close_reconnects (server/gateway/protocol.py, used by client/connection.py) follows the documented rule."""
     assert close_reconnects(code) is documented_rule(code)
 
 
@@ -110,7 +110,7 @@ def test_the_python_client_uses_the_shared_rule() -> None:
     imported = {
         alias.name
         for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module == "tidings.server.protocol"
+        if isinstance(node, ast.ImportFrom) and node.module == "tidings.server.gateway.protocol"
         for alias in node.names
     }
     calls = [
