@@ -114,7 +114,7 @@ class ProtocolClient:
 
     async def publications(self, count: int) -> list[Message]:
         """Read until ``count`` publication pushes (other messages read meanwhile are dropped)."""
-        found = []
+        found: list[Message] = []
         while len(found) < count:
             message = await self.recv()
             if message.get("push") == "publication":
