@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from loadtest.processes import free_port
 from tidings.server.devcluster.supervisor import LocalCluster
 
 __all__ = ["main"]
@@ -31,9 +32,7 @@ BENCH_ENV = {"TIDINGS_COMMAND_RATE": "1000000", "TIDINGS_COMMAND_BURST": "100000
 def _free_port_block(count: int) -> int:
     """A base port such that base .. base+count are free now (best effort)."""
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
+        base = free_port()
         if base + count >= 65535:
             continue
         try:

@@ -25,6 +25,8 @@ import msgpack
 import websocket
 from gevent.event import AsyncResult
 
+from tidings.server.gateway.protocol import Codec
+
 __all__ = ["CallError", "ClientClosed", "ProtocolClient"]
 
 OnPush = Callable[[dict[str, Any], float], None]
@@ -162,12 +164,7 @@ class ProtocolClient:
             self._finish(code)
 
     def _dispatch(self, payload: bytes, text: bool, received_at: float) -> None:
-        if text:
-            messages = [json.loads(line) for line in payload.split(b"\n") if line.strip()]
-        else:
-            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-            unpacker.feed(payload)
-            messages = list(unpacker)
+        messages = (Codec.JSON if text else Codec.MSGPACK).split(payload)
         for message in messages:
             if not self._live:
                 return

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from loadtest.processes import free_port
 from tidings.client import AsyncPublisher, Connection, Publisher, PublishError
 from tidings.server.gateway.auth import TokenVerifier
 from tidings.server.gateway.protocol import StreamPosition
@@ -17,7 +18,6 @@ from tidings.server.node import NodeState
 
 from .support.node import API_KEY, SECRET, RunningNode, run_node
 from .support.node import test_settings as node_settings
-from .support.ports import free_port
 from .support.timing import UNIT
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}

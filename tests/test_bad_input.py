@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed as WebSocketClosed
+from websockets.frames import Close
 
+from loadtest.protocol_client import ProtocolClient
 from tidings.server.gateway.auth import issue_token
 
 from .support.logs import ErrorLog, error_log
@@ -57,32 +57,25 @@ def error_of(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, body["error"]["message"]
 
 
-async def call(ws: ClientConnection, frame: str) -> dict[str, Any]:
+async def call(client: ProtocolClient, frame: str) -> dict[str, Any]:
     """Send one JSON command (as raw text, so it may hold escapes json.dumps would not make); its reply."""
     command_id = json.loads(frame)["id"]
-    await ws.send(frame)
-    while True:
-        for line in str(await ws.recv(decode=True)).split("\n"):
-            message = json.loads(line)
-            if message.get("id") == command_id:
-                return message  # type: ignore[no-any-return]
+    await client.ws.send(frame)
+    while (message := await client.recv()).get("id") != command_id:
+        pass
+    return message
 
 
-async def open_session(node: RunningNode, user: str) -> ClientConnection:
-    ws = await connect(node.ws_url, open_timeout=5 * UNIT, close_timeout=UNIT)
-    reply = await call(ws, json.dumps({"id": 1, "op": "connect", "token": issue_token(user, SECRET)}))
-    assert "result" in reply, reply
-    return ws
+async def open_session(node: RunningNode, user: str) -> ProtocolClient:
+    client = await ProtocolClient.open(node.ws_url, timeout=5 * UNIT)
+    await client.connect(issue_token(user, SECRET))
+    return client
 
 
-async def closed_by_server(ws: ClientConnection) -> tuple[list[dict[str, Any]], WebSocketClosed]:
-    """Read until the server closes; the messages seen and the close."""
-    messages: list[dict[str, Any]] = []
-    try:
-        while True:
-            messages.extend(json.loads(line) for line in str(await ws.recv(decode=True)).split("\n"))
-    except WebSocketClosed as exc:
-        return messages, exc
+async def closed_by_server(client: ProtocolClient) -> tuple[list[dict[str, Any]], Close | None]:
+    """Read until the server closes; the messages seen and its close frame."""
+    _, messages = await client.closed()
+    return messages, client.close_frame
 
 
 # --- HTTP ------------------------------------------------------------------------------------------
@@ -184,8 +177,8 @@ async def test_long_disconnect_reason_reaches_the_client_with_its_code(
     response = await http.post("/api/users/longreason/disconnect", json=body, headers=AUTH)
     assert response.status_code == 200
     messages, closed = await closed_by_server(ws)
-    assert closed.rcvd is not None and closed.rcvd.code == 4503, closed
-    reason = closed.rcvd.reason
+    assert closed is not None and closed.code == 4503, closed
+    reason = closed.reason
     assert reason == "ü" * 61 and len(reason.encode()) <= 123
     assert [m for m in messages if m.get("push") == "disconnect"] == [
         {"push": "disconnect", "code": 4503, "reason": reason, "reconnect": False}
@@ -194,12 +187,12 @@ async def test_long_disconnect_reason_reaches_the_client_with_its_code(
 
 async def test_unknown_long_op_before_connect_closes_with_4500(node: RunningNode, errors: ErrorLog) -> None:
     """`unknown op` quoting a long op of 4-byte characters: the close still carries 4500 (terminal)."""
-    async with connect(node.ws_url, open_timeout=5 * UNIT, close_timeout=UNIT) as ws:
-        await ws.send(json.dumps({"id": 1, "op": "\U0010ffff" * 40}))
-        messages, closed = await closed_by_server(ws)
-    assert closed.rcvd is not None and closed.rcvd.code == 4500, closed
-    assert closed.rcvd.reason.startswith("unknown op") and len(closed.rcvd.reason.encode()) <= 123
-    assert [m["reason"] for m in messages if m.get("push") == "disconnect"] == [closed.rcvd.reason]
+    async with ProtocolClient.connecting(node.ws_url, timeout=5 * UNIT) as client:
+        await client.ws.send(json.dumps({"id": 1, "op": "\U0010ffff" * 40}))
+        messages, closed = await closed_by_server(client)
+    assert closed is not None and closed.code == 4500, closed
+    assert closed.reason.startswith("unknown op") and len(closed.reason.encode()) <= 123
+    assert [m["reason"] for m in messages if m.get("push") == "disconnect"] == [closed.reason]
 
 
 # --- the one user-id rule -----------------------------------------------------------------------------
@@ -230,7 +223,7 @@ async def test_dev_tokens_follow_the_same_user_id_rule(errors: ErrorLog) -> None
     ):
         response = await client.post("/api/dev/token", json={"user": "a.b@c"})
         assert response.status_code == 200, response.text
-        ws = await connect(dev_node.ws_url, open_timeout=5 * UNIT, close_timeout=UNIT)
+        ws = await ProtocolClient.open(dev_node.ws_url, timeout=5 * UNIT)
         try:
             reply = await call(ws, json.dumps({"id": 1, "op": "connect", "token": response.json()["token"]}))
             assert reply["result"]["user"] == "a.b@c"

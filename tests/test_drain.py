@@ -16,35 +16,26 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed as WebSocketClosed
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from loadtest.protocol_client import ProtocolClient
 from tidings.server.gateway.auth import issue_token
-from tidings.server.gateway.protocol import Codec
 
 from .e2e.servers import E2E_JWT_SECRET, serve_node
 from .support.timing import UNIT, wait_until
 
 
-async def _connected(url: str, user: str) -> ClientConnection:
-    ws = await connect(url, open_timeout=5 * UNIT, close_timeout=UNIT)
-    await ws.send(Codec.JSON.encode({"id": 1, "op": "connect", "token": issue_token(user, E2E_JWT_SECRET)}))
-    async with asyncio.timeout(5 * UNIT):
-        reply = Codec.JSON.split(await ws.recv())[0]
-    assert "result" in reply, reply
-    return ws
+async def _connected(url: str, user: str) -> ProtocolClient:
+    client = await ProtocolClient.open(url, timeout=5 * UNIT)
+    await client.connect(issue_token(user, E2E_JWT_SECRET))
+    return client
 
 
-async def _told(ws: ClientConnection) -> tuple[float, int | None, list[dict[str, Any]]]:
+async def _told(client: ProtocolClient) -> tuple[float, int | None, list[dict[str, Any]]]:
     """When the node closed this socket, with which code, and what it said first."""
-    seen: list[dict[str, Any]] = []
-    async with asyncio.timeout(10 * UNIT):
-        try:
-            while True:
-                seen.extend(Codec.JSON.split(await ws.recv()))
-        except WebSocketClosed as exc:
-            return time.monotonic(), (exc.rcvd.code if exc.rcvd else None), seen
+    code, seen = await client.closed(within=10 * UNIT)
+    return time.monotonic(), code, seen
 
 
 async def test_sigterm_drains_in_batches_then_exits_zero(tmp_path: Path) -> None:
@@ -57,7 +48,7 @@ async def test_sigterm_drains_in_batches_then_exits_zero(tmp_path: Path) -> None
     }
     with serve_node("draining", tmp_path, env=env, log_level="info") as node:
         clients = [await _connected(node.ws_url, f"user{i}") for i in range(6)]
-        watchers = [asyncio.create_task(_told(ws)) for ws in clients]
+        watchers = [asyncio.create_task(_told(client)) for client in clients]
         sent = time.monotonic()
         node.process.send_signal(signal.SIGTERM)
         async with httpx.AsyncClient(base_url=node.http_url, timeout=2 * UNIT) as http:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -34,13 +33,15 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed as WebSocketClosed
 from websockets.typing import Subprotocol
 
+from loadtest.protocol_client import ProtocolClient
 from tidings.client import Connection
 from tidings.server.gateway.protocol import MAX_ID, Codec
 
+from .support.logs import ErrorLog, error_log
 from .support.node import RunningNode, run_node
 from .support.node import test_settings as node_settings
 from .support.timing import UNIT
@@ -221,17 +222,6 @@ msgpack_command_bodies = st.fixed_dictionaries({"op": ops}, optional=field_strat
 # --- the harness -------------------------------------------------------------------------------------
 
 
-class ErrorLog(logging.Handler):
-    """Collects ERROR records of the node (its own loggers and uvicorn's "Exception in ASGI application")."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @dataclass
 class Target:
     node: RunningNode
@@ -243,12 +233,7 @@ class Target:
 
 @pytest.fixture
 async def target(token: Any) -> AsyncIterator[Target]:
-    errors = ErrorLog()
-    # uvicorn's default log config stops its loggers from propagating: listen to them too.
-    loggers = [logging.getLogger(name) for name in ("", "uvicorn", "uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(errors)
-    try:
+    with error_log() as errors:
         async with run_node(node_settings(max_message_size=MAX_MESSAGE_SIZE, command_rate=1000.0)) as node:
             bystander = Connection(node.ws_url, token("bystander"), reconnect=False)
             await bystander.connect(["room:watch"])
@@ -256,9 +241,6 @@ async def target(token: Any) -> AsyncIterator[Target]:
                 yield Target(node, bystander, token("fuzzer"), errors, itertools.count(1))
             finally:
                 await bystander.close()
-    finally:
-        for logger in loggers:
-            logger.removeHandler(errors)
 
 
 def check_message(message: Any) -> None:
@@ -271,22 +253,22 @@ def check_message(message: Any) -> None:
         assert not LEAK.search(message["reason"]), message
 
 
-async def exchange(ws: ClientConnection, codec: Codec, frames: list[Frame]) -> int | None:
+async def exchange(client: ProtocolClient, frames: list[Frame]) -> int | None:
     """Send ``frames`` and the probe; check all that comes back. Returns the close code, if closed."""
     try:
         for frame in frames:
-            await ws.send(frame.payload, text=frame.text)
-        await ws.send(codec.encode({"id": PROBE_ID, "op": "ping"}))
-        async with asyncio.timeout(5 * UNIT):
-            while True:
-                for message in codec.split(await ws.recv()):
-                    check_message(message)
-                    if message.get("id") == PROBE_ID and "result" in message:
-                        return None
-    except WebSocketClosed as exc:
-        code = exc.rcvd.code if exc.rcvd else None
-        assert code in CLOSE_CODES, f"closed with {code}: {exc.rcvd}"
-        assert exc.rcvd is None or not LEAK.search(exc.rcvd.reason), exc.rcvd
+            await client.ws.send(frame.payload, text=frame.text)
+        await client.send({"id": PROBE_ID, "op": "ping"})
+        while True:
+            message = await client.recv()
+            check_message(message)
+            if message.get("id") == PROBE_ID and "result" in message:
+                return None
+    except WebSocketClosed:
+        close = client.close_frame
+        code = close.code if close else None
+        assert code in CLOSE_CODES, f"closed with {code}: {close}"
+        assert close is None or not LEAK.search(close.reason), close
         return code
 
 
@@ -301,21 +283,12 @@ async def still_serving(target: Target) -> None:
 
 
 async def run_example(target: Target, codec: Codec, connect_first: bool, frames: list[Frame]) -> None:
-    async with connect(
-        target.node.ws_url,
-        subprotocols=[Subprotocol(codec.value)],
-        max_size=None,
-        open_timeout=5 * UNIT,
-        close_timeout=UNIT,
-    ) as ws:
+    async with ProtocolClient.connecting(target.node.ws_url, codec, timeout=5 * UNIT) as client:
         if connect_first:
-            await ws.send(codec.encode({"id": 1, "op": "connect", "token": target.token}))
-            async with asyncio.timeout(5 * UNIT):
-                while not any(m.get("id") == 1 for m in codec.split(await ws.recv())):
-                    pass
-        await exchange(ws, codec, frames)
+            await client.call("connect", token=target.token)
+        await exchange(client, frames)
     await still_serving(target)
-    assert not target.errors.records, [r.getMessage() for r in target.errors.records]
+    assert not target.errors.records, target.errors.messages()
 
 
 def fuzz_settings() -> settings:

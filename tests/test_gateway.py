@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import secrets
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed as WebSocketClosed
+from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
+from loadtest.protocol_client import ProtocolClient
 from tidings.client import Connection, ConnectionClosed
 from tidings.server.gateway.connection import Connection as ServerConnection
 from tidings.server.gateway.protocol import Codec
@@ -47,88 +45,18 @@ def node_state(node: RunningNode) -> NodeState:
     return node.server.lifespan.state  # type: ignore[return-value]
 
 
-class Raw:
-    """A bare protocol client on the `websockets` library: exact frames in, every message out."""
-
-    def __init__(self, ws: ClientConnection, codec: Codec) -> None:
-        self.ws = ws
-        self.codec = codec
-        self.inbox: deque[dict[str, Any]] = deque()
-        self.pushes: deque[dict[str, Any]] = deque()
-        self.frames = 0  # frames received
-        self._ids = itertools.count(1)
-
-    async def send(self, message: dict[str, Any]) -> None:
-        await self.ws.send(self.codec.encode(message))
-
-    async def recv(self, within: float = 5 * UNIT) -> dict[str, Any]:
-        """The next message, whatever it is."""
-        while not self.inbox:
-            async with asyncio.timeout(within):
-                frame = await self.ws.recv()
-            self.frames += 1
-            self.inbox.extend(self.codec.split(frame))
-        return self.inbox.popleft()
-
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send a command and return its reply (``result`` or ``error`` inside); pushes are kept aside."""
-        command_id = next(self._ids)
-        await self.send({"id": command_id, "op": op, **fields})
-        while True:
-            message = await self.recv()
-            if message.get("id") == command_id:
-                return message
-            self.pushes.append(message)
-
-    async def connect(self, token: str, subscribe: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        reply = await self.call("connect", token=token, **({"subscribe": subscribe} if subscribe else {}))
-        assert "result" in reply, reply
-        return reply["result"]  # type: ignore[no-any-return]
-
-    async def push(self) -> dict[str, Any]:
-        return self.pushes.popleft() if self.pushes else await self.recv()
-
-    async def publications(self, count: int) -> list[dict[str, Any]]:
-        found = []
-        while len(found) < count:
-            message = await self.push()
-            if message.get("push") == "publication":
-                found.append(message)
-        return found
-
-    async def closed(self, within: float = 5 * UNIT) -> tuple[int | None, list[dict[str, Any]]]:
-        """Read until the server closes; return its close code and the messages seen meanwhile."""
-        seen = list(self.pushes) + list(self.inbox)
-        self.pushes.clear()
-        self.inbox.clear()
-        async with asyncio.timeout(within):
-            try:
-                while True:
-                    seen.extend(self.codec.split(await self.ws.recv()))
-            except WebSocketClosed as exc:
-                return (exc.rcvd.code if exc.rcvd else None), seen
-
-
 @contextlib.asynccontextmanager
 async def raw_client(
     node: RunningNode, codec: Codec = Codec.JSON, *, sock: socket.socket | None = None
-) -> AsyncIterator[Raw]:
-    url = node.ws_url
-    async with connect(
-        url,
-        subprotocols=[Subprotocol(codec.value)],
-        max_size=None,
-        open_timeout=5 * UNIT,
-        close_timeout=1 * UNIT,
-        sock=sock,
-    ) as ws:
-        yield Raw(ws, codec)
+) -> AsyncIterator[ProtocolClient]:
+    async with ProtocolClient.connecting(node.ws_url, codec, timeout=5 * UNIT, sock=sock) as client:
+        yield client
 
 
 @contextlib.asynccontextmanager
 async def connected(
     node: RunningNode, user: str, codec: Codec = Codec.JSON, **kwargs: Any
-) -> AsyncIterator[Raw]:
+) -> AsyncIterator[ProtocolClient]:
     async with raw_client(node, codec) as client:
         await client.connect(make_token(user), **kwargs)
         yield client
@@ -206,7 +134,7 @@ async def test_unknown_subprotocol_falls_back_to_json(node: RunningNode) -> None
     """A client offering only unknown subprotocols gets JSON and no Sec-WebSocket-Protocol it did not offer."""
     async with connect(node.ws_url, subprotocols=[Subprotocol("chat.v9")], open_timeout=5 * UNIT) as ws:
         assert ws.subprotocol is None
-        client = Raw(ws, Codec.JSON)
+        client = ProtocolClient(ws, Codec.JSON, timeout=5 * UNIT)
         assert (await client.connect(make_token("alice")))["user"] == "alice"
 
 

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed as WebSocketClosed
 from websockets.exceptions import InvalidStatus
 
+from loadtest.protocol_client import ProtocolClient
 from tidings.client import Connection, ConnectionClosed
 from tidings.server.gateway.auth import issue_token
 from tidings.server.gateway.drain import plan_batches
@@ -33,7 +32,6 @@ from tidings.server.gateway.limits import (
     TokenBucket,
     Verdict,
 )
-from tidings.server.gateway.protocol import Codec
 
 from .e2e.servers import E2E_JWT_SECRET, serve_node
 from .support.node import SECRET, RunningNode, run_node
@@ -148,30 +146,9 @@ def test_drain_batches_fit_the_budget(
 
 
 @contextlib.asynccontextmanager
-async def socket_to(node: RunningNode, **kwargs: Any) -> AsyncIterator[ClientConnection]:
-    async with connect(node.ws_url, open_timeout=5 * UNIT, close_timeout=UNIT, **kwargs) as ws:
-        yield ws
-
-
-async def call(ws: ClientConnection, command_id: int, op: str, **fields: Any) -> dict[str, Any]:
-    """Send one command and read until its reply (pushes are skipped)."""
-    await ws.send(Codec.JSON.encode({"id": command_id, "op": op, **fields}))
-    async with asyncio.timeout(5 * UNIT):
-        while True:
-            for message in Codec.JSON.split(await ws.recv()):
-                if message.get("id") == command_id:
-                    return message  # type: ignore[no-any-return]
-
-
-async def close_of(ws: ClientConnection) -> tuple[int | None, list[dict[str, Any]]]:
-    """Read until the server closes: its close code and what came before."""
-    seen: list[dict[str, Any]] = []
-    async with asyncio.timeout(5 * UNIT):
-        try:
-            while True:
-                seen.extend(Codec.JSON.split(await ws.recv()))
-        except WebSocketClosed as exc:
-            return (exc.rcvd.code if exc.rcvd else None), seen
+async def socket_to(node: RunningNode, **kwargs: Any) -> AsyncIterator[ProtocolClient]:
+    async with ProtocolClient.connecting(node.ws_url, timeout=5 * UNIT, **kwargs) as client:
+        yield client
 
 
 # --- live: origins ------------------------------------------------------------------------------------
@@ -196,7 +173,7 @@ async def test_browser_origins_are_checked(
         header = f"http://127.0.0.1:{node.port}" if origin == "SAME" else origin
         if accepted:
             async with socket_to(node, origin=header) as ws:  # type: ignore[arg-type]
-                assert "result" in await call(ws, 1, "connect", token=token("alice"))
+                assert "result" in await ws.call("connect", token=token("alice"))
         else:
             with pytest.raises(InvalidStatus) as caught:
                 async with socket_to(node, origin=header):  # type: ignore[arg-type]
@@ -211,12 +188,12 @@ async def test_command_flood_gets_429_then_close_4029_and_others_are_unaffected(
     """Over the rate: 429 (temporary) per command; ignoring that ends in close 4029 (reconnect later)."""
     async with run_node(node_settings(command_rate=0.1, command_burst=5)) as node:
         async with socket_to(node) as flooder, socket_to(node) as calm:
-            assert "result" in await call(calm, 1, "connect", token=token("calm"))
-            assert "result" in await call(flooder, 1, "connect", token=token("flooder"))
+            assert "result" in await calm.call("connect", token=token("calm"))
+            assert "result" in await flooder.call("connect", token=token("flooder"))
             for command_id in range(2, 2 + 4 + REJECTIONS_BEFORE_CLOSE + 1):
-                await flooder.send(Codec.JSON.encode({"id": command_id, "op": "ping"}))
-            code, seen = await close_of(flooder)
-            assert "result" in await call(calm, 2, "ping")
+                await flooder.send({"id": command_id, "op": "ping"})
+            code, seen = await flooder.closed()
+            assert "result" in await calm.call("ping")
         replies = [m for m in seen if "id" in m]
         assert [m["id"] for m in replies if "result" in m] == [2, 3, 4, 5]  # the rest of the burst
         rejected = [m["error"] for m in replies if "error" in m]
@@ -253,18 +230,18 @@ async def test_connections_per_user_are_limited_per_node(token: Token) -> None:
         socket_to(node) as second,
         socket_to(node) as third,
     ):
-        assert "result" in await call(first, 1, "connect", token=token("alice"))
-        assert "result" in await call(second, 1, "connect", token=token("alice"))
-        await third.send(Codec.JSON.encode({"id": 1, "op": "connect", "token": token("alice")}))
-        code, seen = await close_of(third)
+        assert "result" in await first.call("connect", token=token("alice"))
+        assert "result" in await second.call("connect", token=token("alice"))
+        await third.send({"id": 1, "op": "connect", "token": token("alice")})
+        code, seen = await third.closed()
         assert code == 4029 and seen[-1]["reason"] == "too many connections for this user"
         async with socket_to(node) as bob:  # another user is not affected
-            assert "result" in await call(bob, 1, "connect", token=token("bob"))
+            assert "result" in await bob.call("connect", token=token("bob"))
         await first.close()
         state = node.server.lifespan.state
         await wait_until(lambda: state["runner"].limits.user_connections("alice") == 1, what="alice's count")
         async with socket_to(node) as again:
-            assert "result" in await call(again, 1, "connect", token=token("alice"))
+            assert "result" in await again.call("connect", token=token("alice"))
 
 
 async def test_connections_per_node_are_limited_with_http_503(token: Token) -> None:
@@ -278,7 +255,7 @@ async def test_connections_per_node_are_limited_with_http_503(token: Token) -> N
         state = node.server.lifespan.state
         await wait_until(lambda: state["runner"].limits.sockets == 1, what="the socket to be released")
         async with socket_to(node) as again:
-            assert "result" in await call(again, 1, "connect", token=token("alice"))
+            assert "result" in await again.call("connect", token=token("alice"))
 
 
 # --- live: channels per connection --------------------------------------------------------------------
@@ -287,13 +264,13 @@ async def test_connections_per_node_are_limited_with_http_503(token: Token) -> N
 async def test_channels_per_connection_are_limited(token: Token) -> None:
     """The personal channel counts; one more subscription than allowed gets 400 and the session goes on."""
     async with run_node(node_settings(max_channels=3)) as node, socket_to(node) as ws:
-        assert "result" in await call(ws, 1, "connect", token=token("alice"))
-        assert "result" in await call(ws, 2, "subscribe", channel="room:a")
-        assert "result" in await call(ws, 3, "subscribe", channel="room:b")
-        refused = await call(ws, 4, "subscribe", channel="room:c")
+        assert "result" in await ws.call("connect", token=token("alice"))
+        assert "result" in await ws.call("subscribe", channel="room:a")
+        assert "result" in await ws.call("subscribe", channel="room:b")
+        refused = await ws.call("subscribe", channel="room:c")
         assert refused["error"]["code"] == 400 and "at most 3 channels" in refused["error"]["message"]
-        assert "result" in await call(ws, 5, "unsubscribe", channel="room:a")
-        assert "result" in await call(ws, 6, "subscribe", channel="room:c")
+        assert "result" in await ws.call("unsubscribe", channel="room:a")
+        assert "result" in await ws.call("subscribe", channel="room:c")
 
 
 # --- live: token expiry -------------------------------------------------------------------------------
@@ -359,12 +336,14 @@ async def test_dead_peer_is_dropped_after_ping_timeout_while_a_live_one_stays(tm
     with serve_node("pinged", tmp_path, env=env) as served:
         dead = await asyncio.to_thread(_handshake, served.port)
         try:
-            async with connect(served.ws_url, open_timeout=5 * UNIT) as alive:  # answers pings by itself
-                assert "result" in await call(alive, 1, "connect", token=issue_token("bob", E2E_JWT_SECRET))
+            async with ProtocolClient.connecting(
+                served.ws_url, timeout=5 * UNIT
+            ) as alive:  # answers pings by itself
+                assert "result" in await alive.call("connect", token=issue_token("bob", E2E_JWT_SECRET))
                 started = time.monotonic()
                 received = await asyncio.to_thread(_read_until_eof, dead, started + 5 * UNIT)
                 assert received[0] == 0x89  # FIN + ping: the node asked before giving up
                 assert time.monotonic() - started >= 0.3  # at least the ping timeout went by
-                assert "result" in await call(alive, 2, "ping")  # the live peer was never dropped
+                assert "result" in await alive.call("ping")  # the live peer was never dropped
         finally:
             dead.close()

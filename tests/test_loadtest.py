@@ -35,6 +35,7 @@ from loadtest.ledger import (
     Subscription,
     verify,
 )
+from loadtest.processes import free_port
 from loadtest.procstat import (
     listener_pids,
     parse_busy_ticks,
@@ -48,7 +49,6 @@ from loadtest.series import LatencyHistogram, TimeSeries
 
 from .support.cluster import start_cluster
 from .support.node import API_KEY, SECRET
-from .support.ports import free_port
 from .support.timing import UNIT
 from .support.tools import missing_tool
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from loadtest.protocol_client import ProtocolClient
 from tidings.server.config import ConfigError, Settings
 from tidings.server.gateway.origins import (
     LOOPBACK_HOSTS,
@@ -21,7 +21,6 @@ from tidings.server.gateway.origins import (
     origin_allowed,
     parse_host,
 )
-from tidings.server.gateway.protocol import Codec
 
 from .support.node import RunningNode, run_node
 from .support.node import test_settings as node_settings
@@ -143,21 +142,19 @@ def test_allowed_hosts_are_read_from_the_environment() -> None:
 
 
 @contextlib.asynccontextmanager
-async def socket_to(node: RunningNode, *, host: str, origin: str | None) -> AsyncIterator[ClientConnection]:
+async def socket_to(node: RunningNode, *, host: str, origin: str | None) -> AsyncIterator[ProtocolClient]:
     """A WebSocket to ``node`` whose Host header names ``host`` (as after a DNS rebinding to the node)."""
     uri = f"ws://{host}:{node.port}/ws"
     kwargs: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": node.port,
     }  # where to connect, whatever the URI says
-    async with connect(uri, origin=origin, open_timeout=5 * UNIT, close_timeout=UNIT, **kwargs) as ws:  # type: ignore[arg-type]
-        yield ws
+    async with ProtocolClient.connecting(uri, timeout=5 * UNIT, origin=origin, **kwargs) as client:
+        yield client
 
 
-async def connects(ws: ClientConnection, token: str) -> bool:
-    await ws.send(Codec.JSON.encode({"id": 1, "op": "connect", "token": token}))
-    reply = Codec.JSON.split(await ws.recv())[0]
-    return "result" in reply
+async def connects(client: ProtocolClient, token: str) -> bool:
+    return "result" in await client.call("connect", token=token)
 
 
 async def refused_status(node: RunningNode, *, host: str, origin: str | None) -> int:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tidings.server.gateway.protocol import Codec
+from loadtest.protocol_client import ProtocolClient
 
 from .support.node import API_KEY, RunningNode, run_node
 from .support.node import test_settings as node_settings
@@ -23,11 +22,10 @@ LOOPBACK = ("127.0.0.1:{port}", "localhost:{port}", "LOCALHOST", "[::1]:{port}")
 async def ws_status(node: RunningNode, host: str, token: str) -> int:
     """101 when a WebSocket with this Host header opens and takes ``connect``, else the HTTP status."""
     try:
-        async with connect(
-            f"ws://{host}/ws", host="127.0.0.1", port=node.port, open_timeout=5 * UNIT, close_timeout=UNIT
-        ) as ws:
-            await ws.send(Codec.JSON.encode({"id": 1, "op": "connect", "token": token}))
-            assert "result" in Codec.JSON.split(await ws.recv())[0]
+        async with ProtocolClient.connecting(
+            f"ws://{host}/ws", timeout=5 * UNIT, host="127.0.0.1", port=node.port
+        ) as client:
+            assert "result" in await client.call("connect", token=token)
             return 101
     except InvalidStatus as exc:
         return exc.response.status_code

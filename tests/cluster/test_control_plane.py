@@ -8,22 +8,24 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from loadtest.protocol_client import ProtocolClient
+
 from ..support.cluster import Cluster
 from ..support.node import API_KEY
 from ..support.timing import UNIT, wait_until
-from .helpers import RawSubscriber, publish_http
+from .helpers import open_subscriber, publish_http
 
 pytestmark = pytest.mark.cluster
 
 HEADERS = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
 
 
-def unsubscribed(subscriber: RawSubscriber, channel: str) -> bool:
+def unsubscribed(subscriber: ProtocolClient, channel: str) -> bool:
     return any(e.get("push") == "unsubscribe" and e.get("channel") == channel for e in subscriber.events)
 
 
 async def assert_fenced_out(
-    http: httpx.AsyncClient, cluster: Cluster, room: str, fence: str, outsiders: list[RawSubscriber]
+    http: httpx.AsyncClient, cluster: Cluster, room: str, fence: str, outsiders: list[ProtocolClient]
 ) -> None:
     """A publication in ``room`` reaches none of ``outsiders``.
 
@@ -38,15 +40,17 @@ async def assert_fenced_out(
             timeout=10 * UNIT,
             what="the fence publication",
         )
-        assert outsider.of(room) == [], f"{outsider.user} on {outsider.url} still receives {room}"
+        assert outsider.of(room) == [], (
+            f"{outsider.info['user']} on {outsider.info['node']} still receives {room}"
+        )
 
 
 async def test_making_a_room_private_removes_its_non_members_on_every_node(cluster: Cluster) -> None:
     """Subscribed while the room was public, a non-member is removed on every node when it turns private."""
     name = f"priv{uuid.uuid4().hex[:8]}"
     room, fence = f"room:{name}", f"room:fence-{name}"
-    eves = [await RawSubscriber(node.ws_url, "eve").open([room, fence]) for node in cluster.nodes]
-    alice = await RawSubscriber(cluster.nodes[1].ws_url, "alice").open([room])
+    eves = [await open_subscriber(node.ws_url, "eve", [room, fence]) for node in cluster.nodes]
+    alice = await open_subscriber(cluster.nodes[1].ws_url, "alice", [room])
     try:
         async with httpx.AsyncClient(base_url=cluster.nodes[0].http_url, headers=HEADERS) as http:
             assert (await http.put(f"/api/rooms/{name}/members/alice")).status_code == 200
@@ -59,7 +63,7 @@ async def test_making_a_room_private_removes_its_non_members_on_every_node(clust
             await assert_fenced_out(http, cluster, room, fence, eves)
             await alice.wait_for(room, 1)  # the member stays
             assert not unsubscribed(alice, room)
-            refused = await eves[2].request("subscribe", channel=room)
+            refused = await eves[2].call("subscribe", channel=room)
             assert refused["error"]["code"] == 403
     finally:
         for subscriber in [*eves, alice]:
@@ -75,7 +79,7 @@ async def test_a_kick_sent_while_every_pubsub_link_is_cut_still_removes_the_memb
     async with httpx.AsyncClient(base_url=cluster.nodes[0].http_url, headers=HEADERS) as http:
         assert (await http.post(f"/api/rooms/{name}", json={"private": True})).status_code == 200
         assert (await http.put(f"/api/rooms/{name}/members/alice")).status_code == 200
-        alices = [await RawSubscriber(node.ws_url, "alice").open([room, fence]) for node in cluster.nodes]
+        alices = [await open_subscriber(node.ws_url, "alice", [room, fence]) for node in cluster.nodes]
         try:
             reconnects = await _pubsub_links(redis_client, cluster)
             # Cut the links, remove the member while they are down, cut them again as they come back.
@@ -90,9 +94,7 @@ async def test_a_kick_sent_while_every_pubsub_link_is_cut_still_removes_the_memb
             assert await _pubsub_links(redis_client, cluster) != reconnects  # the links really were cut
             await assert_fenced_out(http, cluster, room, fence, alices)
             for alice in alices:  # no node's cache still answers "member"
-                assert (await alice.request("publish", channel=room, data="still here?"))["error"][
-                    "code"
-                ] == 403
+                assert (await alice.call("publish", channel=room, data="still here?"))["error"]["code"] == 403
         finally:
             for alice in alices:
                 await alice.close()

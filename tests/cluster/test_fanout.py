@@ -9,6 +9,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from loadtest.protocol_client import ProtocolClient
 from tidings.client import Connection
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.gateway.auth import issue_token
@@ -16,7 +17,7 @@ from tidings.server.gateway.auth import issue_token
 from ..support.cluster import Cluster
 from ..support.node import SECRET
 from ..support.timing import UNIT, wait_until
-from .helpers import RawSubscriber, publish_http
+from .helpers import open_subscriber, publish_http
 
 pytestmark = [pytest.mark.cluster, pytest.mark.redis]
 
@@ -34,7 +35,7 @@ async def test_every_subscriber_on_every_node_gets_every_publication_once_in_ord
     """Publishers: a WebSocket client on each node and POST /api/publish on each node, all at once."""
     channel = new_channel("fan")
     subscribers = [
-        await RawSubscriber(node.ws_url, f"u{i}-{j}").open([channel])
+        await open_subscriber(node.ws_url, f"u{i}-{j}", [channel])
         for i, node in enumerate(cluster.nodes)
         for j in range(2)
     ]
@@ -43,9 +44,11 @@ async def test_every_subscriber_on_every_node_gets_every_publication_once_in_ord
     try:
         async with httpx.AsyncClient(timeout=5 * UNIT) as http:
 
-            async def over_websocket(subscriber: RawSubscriber) -> None:
+            async def over_websocket(subscriber: ProtocolClient) -> None:
                 for n in range(per_publisher):  # the publisher is itself subscribed: it gets its own too
-                    await subscriber.call("publish", channel=channel, data={"ws": subscriber.user, "n": n})
+                    await subscriber.result(
+                        "publish", channel=channel, data={"ws": subscriber.info["user"], "n": n}
+                    )
 
             async def over_http(base_url: str) -> None:
                 for n in range(per_publisher):
@@ -56,7 +59,7 @@ async def test_every_subscriber_on_every_node_gets_every_publication_once_in_ord
                 *(over_http(node.http_url) for node in cluster.nodes),
             )
         total = 6 * per_publisher
-        sent = {(s.user, n) for s in subscribers[::2] for n in range(per_publisher)}
+        sent = {(s.info["user"], n) for s in subscribers[::2] for n in range(per_publisher)}
         sent |= {(node.http_url, n) for node in cluster.nodes for n in range(per_publisher)}
         for subscriber in subscribers:
             publications = await subscriber.wait_for(channel, total)
@@ -64,7 +67,7 @@ async def test_every_subscriber_on_every_node_gets_every_publication_once_in_ord
             assert len({p["epoch"] for p in publications}) == 1
             assert {(p["data"].get("ws") or p["data"]["http"], p["data"]["n"]) for p in publications} == sent
         # Nothing more arrives afterwards (no late duplicate): a marker is the next thing everybody sees.
-        await subscribers[0].call("publish", channel=channel, data="marker")
+        await subscribers[0].result("publish", channel=channel, data="marker")
         for subscriber in subscribers:
             publications = await subscriber.wait_for(channel, total + 1)
             assert len(publications) == total + 1 and publications[-1]["data"] == "marker"
@@ -85,18 +88,18 @@ async def test_a_node_without_subscribers_is_not_subscribed_in_redis(
 
         await wait_until(check, what=f"PUBSUB NUMSUB {channel} == {expected}")
 
-    first = await RawSubscriber(cluster.nodes[0].ws_url, "a").open([channel])
-    second = await RawSubscriber(cluster.nodes[0].ws_url, "b").open([channel])
-    third = await RawSubscriber(cluster.nodes[1].ws_url, "c").open([channel])
+    first = await open_subscriber(cluster.nodes[0].ws_url, "a", [channel])
+    second = await open_subscriber(cluster.nodes[0].ws_url, "b", [channel])
+    third = await open_subscriber(cluster.nodes[1].ws_url, "c", [channel])
     try:
         await subscribed_nodes(2)  # node-1 once for two subscribers, node-2 once, node-3 not at all
         pubsub_channels = await redis_client.pubsub_channels(f"{prefix}:*")
         assert redis_keys.channel_pubsub(prefix, channel).encode() in pubsub_channels
-        await first.call("unsubscribe", channel=channel)
+        await first.result("unsubscribe", channel=channel)
         await subscribed_nodes(2)  # node-1 still has a subscriber
         await second.close()
         await subscribed_nodes(1)
-        await third.call("unsubscribe", channel=channel)
+        await third.result("unsubscribe", channel=channel)
         await subscribed_nodes(0)
         assert redis_keys.channel_pubsub(prefix, channel).encode() not in await redis_client.pubsub_channels(
             f"{prefix}:*"
@@ -112,7 +115,7 @@ async def test_dropping_every_nodes_pubsub_link_mid_stream_loses_nothing(
     """CLIENT KILL of each node's pub/sub connection while a backend publishes: nodes repair from history."""
     channel = new_channel("drop")
     subscribers = [
-        await RawSubscriber(node.ws_url, f"d{i}").open([channel]) for i, node in enumerate(cluster.nodes)
+        await open_subscriber(node.ws_url, f"d{i}", [channel]) for i, node in enumerate(cluster.nodes)
     ]
     links = f"{cluster.key_prefix}:node:"
     published = 0

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -25,7 +23,6 @@ import httpx
 import pytest
 
 from tidings.client import Connection
-from tidings.server.devcluster.valkey import die_with_parent
 from tidings.server.gateway.auth import issue_token
 
 from ..support.cluster import Cluster, NodeProcess, start_cluster
@@ -160,27 +157,6 @@ async def test_nginx_spreads_connections_over_all_nodes_and_delivery_crosses_the
 # --- rolling drain ------------------------------------------------------------------------------------
 
 
-def respawn(old: NodeProcess, cluster: Cluster, node_id: str) -> NodeProcess:
-    """A fresh node on the port the old one had (the port nginx knows), with the cluster's settings."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
-    env.update(
-        TIDINGS_REDIS_URL=cluster.redis_url,
-        TIDINGS_KEY_PREFIX=cluster.key_prefix,
-        TIDINGS_JWT_SECRET=SECRET,
-        TIDINGS_API_KEYS=API_KEY,
-        TIDINGS_NODE_ID=node_id,
-        **NODE_ENV,
-    )
-    log = old.log.parent / f"{node_id}.log"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tidings.server", "serve", "--host", "127.0.0.1", "--port", str(old.port),
-             "--log-level", "warning"],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-        )  # fmt: skip
-    return NodeProcess(node_id, old.port, process, log)
-
-
 async def healthy(node: NodeProcess) -> None:
     async with httpx.AsyncClient(timeout=UNIT) as http:
 
@@ -251,7 +227,7 @@ async def test_rolling_drain_of_every_node_under_traffic_loses_nothing(balanced:
                     what=f"the clients of {old.node_id} to move",
                 )
                 assert all(any(e.get("code") == 4001 for e in c.events) for c in had), "told with 4001"
-                cluster.nodes[index] = respawn(old, cluster, f"{old.node_id}-again")
+                cluster.restart(index, f"{old.node_id}-again")
                 await healthy(cluster.nodes[index])
                 # As a rolling restart must: the next node drains only once nginx sends traffic here
                 # again (passive checks keep a failed node out for fail_timeout, 3 s).

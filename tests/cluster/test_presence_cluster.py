@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -17,7 +14,6 @@ import redis.asyncio as aioredis
 
 from tidings.client import CallError, Connection
 from tidings.server.cluster.backplane import keys as redis_keys
-from tidings.server.devcluster.valkey import die_with_parent
 from tidings.server.gateway.auth import issue_token
 
 from ..support.cluster import Cluster, NodeProcess, start_cluster
@@ -192,29 +188,6 @@ async def test_sigkilled_node_is_removed_from_presence_once(redis_url: str) -> N
                 await connection.close()
 
 
-def restart(cluster: Cluster, index: int) -> NodeProcess:
-    """Start the node again at once, on its port and under its node id (docker-compose ``restart:``)."""
-    old = cluster.nodes[index]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
-    env.update(
-        TIDINGS_REDIS_URL=cluster.redis_url,
-        TIDINGS_KEY_PREFIX=cluster.key_prefix,
-        TIDINGS_JWT_SECRET=SECRET,
-        TIDINGS_API_KEYS=API_KEY,
-        TIDINGS_NODE_ID=old.node_id,
-    )
-    with open(old.log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tidings.server", "serve", "--host", "127.0.0.1", "--port", str(old.port),
-             "--log-level", "warning"],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-        )  # fmt: skip
-    node = cluster.nodes[index] = NodeProcess(
-        old.node_id, old.port, process, old.log
-    )  # start_cluster stops it
-    return node
-
-
 async def test_fast_restart_under_the_same_node_id_sweeps_the_dead_incarnation(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
@@ -242,7 +215,7 @@ async def test_fast_restart_under_the_same_node_id_sweeps_the_dead_incarnation(
                 await wait_until(lambda: listed({watcher.info["client"], *old_clients}), what="11 members")
                 cluster.nodes[1].kill()
                 killed_at = time.monotonic()
-                restarted = restart(cluster, 1)
+                restarted = cluster.restart(1)
 
                 async def answers() -> bool:
                     assert restarted.alive(), restarted.log_tail()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.processes import free_port
 from tidings.server.devcluster.valkey import find_server_binary
 
 from ..support.cluster import healthz_node
-from ..support.ports import free_port
 from ..support.timing import UNIT, wait_until_sync
 from ..support.tools import missing_tool
 

@@ -12,19 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from ..support.cluster import NodeProcess, healthz_node
-from ..support.ports import free_port
+from loadtest.processes import free_port
+
+from ..support.cluster import NodeProcess, healthz_node, spawn_node
 from ..support.timing import UNIT, wait_until_sync
 
 __all__ = ["E2E_JWT_SECRET", "serve_node", "start_node", "stop_node"]
 
 E2E_JWT_SECRET = "e2e-secret-which-is-long-enough-for-hs256-tokens"
-_TIDINGS = Path(sys.executable).with_name("tidings")
 
 
 def _healthy(node: NodeProcess) -> bool:
@@ -46,21 +44,9 @@ def start_node(
     Dev mode is on unless ``env`` sets ``TIDINGS_DEV``.
     """
     environ = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
-    environ.update(
-        {"TIDINGS_DEV": "1", "TIDINGS_JWT_SECRET": E2E_JWT_SECRET, "TIDINGS_NODE_ID": node_id, **(env or {})}
-    )
+    environ.update({"TIDINGS_DEV": "1", "TIDINGS_JWT_SECRET": E2E_JWT_SECRET, **(env or {})})
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{node_id}.log"
-    chosen = free_port() if port is None else port
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [str(_TIDINGS), "serve", "--host", "127.0.0.1", "--port", str(chosen), "--log-level", log_level],
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    node = NodeProcess(node_id, chosen, process, log_path)
+    node = spawn_node(node_id, free_port() if port is None else port, environ, log_dir, log_level=log_level)
     try:
         wait_until_sync(lambda: _healthy(node), timeout=15 * UNIT, what=f"node {node_id} to answer /healthz")
     except BaseException:
@@ -71,14 +57,7 @@ def start_node(
 
 def stop_node(node: NodeProcess, *, sig: signal.Signals = signal.SIGTERM) -> None:
     """Stop the node we started (SIGTERM, or ``sig``), then wait; kill it if it does not end in time."""
-    if node.process.poll() is None:
-        node.process.send_signal(sig)
-        try:
-            node.process.wait(timeout=10 * UNIT)
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        node.process.wait(timeout=10 * UNIT)
+    node.stop(10 * UNIT, sig=sig)
 
 
 @contextlib.contextmanager

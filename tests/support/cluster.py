@@ -13,8 +13,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,64 +21,34 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidings.server.devcluster.valkey import die_with_parent
+from loadtest.processes import NodeProcess, free_port, stop_all
 
 from .node import API_KEY, SECRET
-from .ports import free_port
 from .timing import UNIT
 
-__all__ = ["Cluster", "NodeProcess", "start_cluster"]
-
-
-@dataclass
-class NodeProcess:
-    """One ``tidings serve`` child process."""
-
-    node_id: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no goodbye, as when a machine dies."""
-        self.process.kill()
-        self.process.wait(10 * UNIT)
-
-    def freeze(self) -> None:
-        """SIGSTOP: the node holds its sockets but does nothing (a hung node)."""
-        self.process.send_signal(signal.SIGSTOP)
-
-    def log_tail(self, size: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-size:]
-        except OSError:
-            return ""
+__all__ = ["Cluster", "NodeProcess", "healthz_node", "spawn_node", "start_cluster"]
 
 
 @dataclass
 class Cluster:
     redis_url: str
     key_prefix: str
+    log_dir: Path
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)  # node id -> its environment
     nodes: list[NodeProcess] = field(default_factory=list)
 
     @property
     def ws_urls(self) -> list[str]:
         return [node.ws_url for node in self.nodes]
+
+    def restart(self, index: int, node_id: str | None = None) -> NodeProcess:
+        """Start node ``index`` again at once on its port (the one a balancer knows), with the cluster's
+        settings, under its node id or ``node_id``; the new process replaces it (and is stopped with it)."""
+        old = self.nodes[index]
+        node_id = node_id or old.node_id
+        env = self.envs.get(node_id) or self.envs[old.node_id]
+        self.nodes[index] = spawn_node(node_id, old.port, env, self.log_dir)
+        return self.nodes[index]
 
 
 def healthz_node(base_url: str, *, timeout: float = 1.0) -> str | None:
@@ -100,34 +68,15 @@ def _node_id_of(port: int) -> str | None:
     return healthz_node(f"http://127.0.0.1:{port}")
 
 
-def _spawn(node_id: str, port: int, env: Mapping[str, str], log_dir: Path) -> NodeProcess:
-    log = log_dir / f"{node_id}.log"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tidings.server", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
-            env={**env, "TIDINGS_NODE_ID": node_id},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )  # fmt: skip
-    return NodeProcess(node_id, port, process, log)
-
-
-def _stop(nodes: list[NodeProcess], timeout: float) -> None:
-    for node in nodes:
-        if node.alive():
-            with contextlib.suppress(ProcessLookupError):
-                node.process.send_signal(signal.SIGCONT)  # a frozen node cannot act on SIGTERM
-                node.process.terminate()
-    deadline = time.monotonic() + timeout
-    for node in nodes:
-        try:
-            node.process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait()
+def spawn_node(
+    node_id: str, port: int, env: Mapping[str, str], log_dir: Path, *, log_level: str = "warning"
+) -> NodeProcess:
+    """Start ``tidings serve`` as ``node_id`` on 127.0.0.1:``port``, its output in ``log_dir/<node_id>.log``."""
+    command = [sys.executable, "-m", "tidings.server", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", log_level]  # fmt: skip
+    return NodeProcess.spawn(
+        node_id, port, command, env={**env, "TIDINGS_NODE_ID": node_id}, log=log_dir / f"{node_id}.log"
+    )
 
 
 @contextlib.contextmanager
@@ -154,12 +103,12 @@ def start_cluster(
         TIDINGS_API_KEYS=API_KEY,
     )
     base.update(env or {})
-    cluster = Cluster(redis_url, key_prefix)
     envs = {f"node-{i}": {**base, **(node_env or {}).get(f"node-{i}", {})} for i in range(1, count + 1)}
     with tempfile.TemporaryDirectory(prefix="tidings-cluster-") as log_dir:
+        cluster = Cluster(redis_url, key_prefix, Path(log_dir), envs)
         try:
             for i in range(1, count + 1):
-                cluster.nodes.append(_spawn(f"node-{i}", free_port(), envs[f"node-{i}"], Path(log_dir)))
+                cluster.nodes.append(spawn_node(f"node-{i}", free_port(), envs[f"node-{i}"], Path(log_dir)))
             deadline = time.monotonic() + start_timeout
             for index, node in enumerate(cluster.nodes):
                 attempts = 0
@@ -167,7 +116,7 @@ def start_cluster(
                     if not node.alive():
                         if "address already in use" in node.log_tail().lower() and attempts < 3:
                             attempts += 1  # free_port() raced with someone else: try another port
-                            node = cluster.nodes[index] = _spawn(
+                            node = cluster.nodes[index] = spawn_node(
                                 node.node_id, free_port(), envs[node.node_id], Path(log_dir)
                             )
                             continue
@@ -177,4 +126,4 @@ def start_cluster(
                     time.sleep(0.05)
             yield cluster
         finally:
-            _stop(cluster.nodes, 10 * UNIT)
+            stop_all(cluster.nodes, 10 * UNIT)

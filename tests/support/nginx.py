@@ -20,7 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ports import free_port
+from loadtest.processes import free_port
+
 from .timing import UNIT, wait_until_sync
 from .tools import missing_tool
 
