@@ -24,11 +24,12 @@ from tidings.server.cluster.backplane import Backplane, Publication
 from tidings.server.cluster.backplane.memory import InMemoryBackplane
 from tidings.server.cluster.control import ControlPlane
 from tidings.server.cluster.liveness import NodeLiveness, new_incarnation
-from tidings.server.cluster.presence import InMemoryPresence, Presence, RedisPresence, announces_presence
+from tidings.server.cluster.presence import InMemoryPresence, Presence, RedisPresence
 from tidings.server.cluster.rooms import CachedRooms, InMemoryRooms, RedisRooms
 from tidings.server.config import ConfigError, Secret, Settings
 from tidings.server.gateway.auth import TokenVerifier
 from tidings.server.gateway.commands import CommandRunner
+from tidings.server.gateway.connection import Gateway
 from tidings.server.gateway.hub import Hub
 from tidings.server.http.notify_routes import notification_routes
 from tidings.server.http.routes import routes
@@ -107,10 +108,11 @@ async def start_node(
         public_key=settings.jwt_public_key,
     )
     runner = CommandRunner(settings, node_backplane, hub, verifier, presence, rooms)
+    gateway = Gateway(settings, runner, runner.metrics)
     control = ControlPlane(node_backplane, hub, rooms, drop_subscription=runner.drop_subscription)
 
     def on_publication(publication: Publication) -> None:
-        if publication.channel.startswith("sys:"):
+        if publication.kind == "control":
             control.handle(publication)
         else:
             hub.deliver(publication)
@@ -127,9 +129,7 @@ async def start_node(
             presence,
             key_prefix=settings.key_prefix,
             incarnation=incarnation,
-            announce_leave=lambda channel, member: (
-                runner.announce(channel, "leave", member) if announces_presence(channel) else _nothing()
-            ),
+            announce_leave=runner.announce_leave,
             on_revived=runner.readd_presence,
         )
         await liveness.start()
@@ -139,6 +139,7 @@ async def start_node(
         "backplane": node_backplane,
         "hub": hub,
         "runner": runner,
+        "gateway": gateway,
         "presence": presence,
         "rooms": rooms,
         "control": control,
@@ -147,10 +148,6 @@ async def start_node(
         "job_worker": job_worker,
         "draining": asyncio.Event(),
     }
-
-
-async def _nothing() -> None:
-    return None
 
 
 class _WebSocketGateway:

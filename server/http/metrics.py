@@ -37,7 +37,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidings.server.cluster.backplane import BackplaneUnavailable
-from tidings.server.gateway.connection import Connection
 
 if TYPE_CHECKING:
     from tidings.server.jobs.queue import JobCounts
@@ -156,7 +155,7 @@ class NodeCollector:
         yield _gauge(
             "tidings_subscriptions",
             "Channel subscriptions of the connections on this node.",
-            sum(len(connection.session.channels) for connection in _sessions(hub.connections.values())),
+            sum(len(connection.session.channels) for connection in hub.connections.values()),
         )
         yield _counter("tidings_sockets_accepted", "WebSockets accepted.", limits.accepted)
         refused = CounterMetricFamily(
@@ -259,12 +258,6 @@ class NodeCollector:
             "Live notification pushes that failed (the inbox has the notification).",
             notifier.failed_pushes,
         )
-
-
-def _sessions(subscribers: Iterable[object]) -> Iterator[Connection]:
-    for subscriber in subscribers:
-        if isinstance(subscriber, Connection):
-            yield subscriber
 
 
 def _gauge(name: str, documentation: str, value: float, **labels: str) -> GaugeMetricFamily:
