@@ -27,12 +27,13 @@ from typing import Any, Self, Unpack
 
 import redis.asyncio as aioredis
 
+from tidings.server.channels import Channel, check_user
 from tidings.server.cluster.backplane import HistoryPolicy, StreamPosition
 from tidings.server.cluster.backplane.redis import RedisBackplane
 from tidings.server.config import Settings
-from tidings.server.gateway.protocol import check_channel, check_data
+from tidings.server.gateway.protocol import check_data
 from tidings.server.jobs.queue_stores import RedisJobQueue
-from tidings.server.notify.notifier import Notifier, check_topic, check_user, parse_notify_request
+from tidings.server.notify.notifier import Notifier, check_topic, parse_notify_request
 from tidings.server.notify.store import RedisNotificationStore
 
 from .publisher import NotifyFields, notify_body
@@ -93,9 +94,9 @@ class RedisEmitter:
 
     async def publish(self, channel: str, data: Any, *, ephemeral: bool = False) -> StreamPosition | None:
         """Publish ``data`` to ``channel``; returns its position (None when ephemeral)."""
-        check_channel(channel)
+        text = Channel.parse(channel).text
         check_data(data)
-        return await self._backplane.publish(channel, data, ephemeral=ephemeral)
+        return await self._backplane.publish(text, data, ephemeral=ephemeral)
 
     async def notify(self, **fields: Unpack[NotifyFields]) -> dict[str, Any]:
         """Notify users (arguments as ``Publisher.notify``); returns ``{id, recipients}``."""

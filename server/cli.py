@@ -52,8 +52,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def token(args: argparse.Namespace) -> int:
+    from tidings.server.channels import check_user
     from tidings.server.gateway.auth import issue_token
-    from tidings.server.gateway.protocol import ProtocolError, check_user
+    from tidings.server.gateway.protocol import ProtocolError
 
     secret = os.environ.get("TIDINGS_JWT_SECRET")
     if not secret:

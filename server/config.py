@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tidings.server.channels import NAMESPACES
 from tidings.server.cluster.backplane import HistoryPolicy
 from tidings.server.gateway.origins import LOOPBACK_HOSTS, check_host_pattern
 
 __all__ = ["CONTROL_HISTORY", "ConfigError", "Secret", "Settings"]
 
-NAMESPACES = ("room", "user", "dm", "broadcast")
 
 # Control messages between nodes (control.py): enough to repair a pub/sub outage of many minutes.
 CONTROL_HISTORY = HistoryPolicy(size=10_000, ttl=3600.0)

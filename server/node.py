@@ -11,6 +11,7 @@ from tidings.server.cluster.presence import Presence
 from tidings.server.cluster.rooms import CachedRooms
 from tidings.server.config import Settings
 from tidings.server.gateway.commands import CommandRunner
+from tidings.server.gateway.connection import Gateway
 from tidings.server.gateway.hub import Hub
 from tidings.server.jobs.queue import JobQueue, JobWorker
 from tidings.server.metrics import MetricsRegistry
@@ -24,6 +25,7 @@ class NodeState(TypedDict):
     backplane: Backplane
     hub: Hub
     runner: CommandRunner
+    gateway: Gateway  # what serve_websocket needs of the node (settings, commands, client ids, flusher)
     presence: Presence
     rooms: CachedRooms
     control: ControlPlane

@@ -233,7 +233,7 @@ async def test_dev_mode_mints_tokens_that_connect_and_opens_the_api() -> None:
         async with Connection(node.ws_url, response.json()["token"]) as alice:
             assert alice.info["user"] == "alice_1"
         assert (await http.post("/api/publish", json={"channel": "room:a", "data": 1})).status_code == 200
-        # The one user-id rule (protocol.check_user): what a token's sub may be.
+        # The one user-id rule (channels.check_user): what a token's sub may be.
         for user in ("", "a b", "a:b", "x" * 101, "josé", 7, None):
             code, message = error_of(await http.post("/api/dev/token", json={"user": user}))
             assert code == 400 and "user" in message

@@ -11,6 +11,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tidings.server.channels import Channel
+from tidings.server.gateway.client_commands import (
+    Command,
+    Connect,
+    History,
+    Notifications,
+    Ping,
+    Presence,
+    Publish,
+    Read,
+    Subscribe,
+    SubscribeRequest,
+    Unsubscribe,
+    decode_command,
+)
 from tidings.server.gateway.protocol import (
     CLOSE_FORBIDDEN,
     CLOSE_NODE_SHUTDOWN,
@@ -22,24 +37,11 @@ from tidings.server.gateway.protocol import (
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_MSGPACK,
     Codec,
-    Command,
-    Connect,
     Disconnect,
-    History,
-    Notifications,
-    Ping,
-    Presence,
     ProtocolError,
-    Publish,
-    Read,
     StreamPosition,
-    Subscribe,
-    SubscribeRequest,
-    Unsubscribe,
-    check_channel,
     check_data,
     close_reconnects,
-    decode_command,
     error_reply,
     ok_reply,
     publication_push,
@@ -55,19 +57,19 @@ def wire(command: Command) -> dict[str, Any]:
     if isinstance(command, Connect):
         message["token"] = command.token
         message["subscribe"] = [
-            {"channel": r.channel, **({"since": r.since.encode()} if r.since else {})}
+            {"channel": r.channel.text, **({"since": r.since.encode()} if r.since else {})}
             for r in command.subscribe
         ]
     elif isinstance(command, Subscribe):
-        message["channel"] = command.channel
+        message["channel"] = command.channel.text
         if command.since is not None:
             message["since"] = command.since.encode()
     elif isinstance(command, (Unsubscribe, Presence)):
-        message["channel"] = command.channel
+        message["channel"] = command.channel.text
     elif isinstance(command, Publish):
-        message.update(channel=command.channel, data=command.data, ephemeral=command.ephemeral)
+        message.update(channel=command.channel.text, data=command.data, ephemeral=command.ephemeral)
     elif isinstance(command, History):
-        message.update(channel=command.channel, limit=command.limit, reverse=command.reverse)
+        message.update(channel=command.channel.text, limit=command.limit, reverse=command.reverse)
         if command.since is not None:
             message["since"] = command.since.encode()
     elif isinstance(command, Notifications):
@@ -88,12 +90,13 @@ def decode(message: Any, codec: Codec = Codec.JSON, *, max_size: int = MAX_SIZE)
 name_chars = st.sampled_from("abcxyzABZ0189_.@-")
 names = st.text(name_chars, min_size=1, max_size=20)
 users = names
-channels = st.one_of(
+channel_texts = st.one_of(
     st.builds(lambda n: f"room:{n}", names),
     st.builds(lambda n: f"user:{n}", names),
     st.builds(lambda a, b: f"dm:{min(a, b)}:{max(a, b)}", names, names),
     st.just("broadcast"),
 )
+channels = channel_texts.map(Channel.parse)
 ids = st.integers(1, MAX_ID)
 positions = st.builds(StreamPosition, st.text(max_size=64), st.integers(0, MAX_ID))
 maybe_positions = st.none() | positions
@@ -128,7 +131,7 @@ senders = st.none() | st.fixed_dictionaries({"user": users, "client": names})
 pushes = st.one_of(
     st.builds(
         publication_push,
-        channels,
+        channel_texts,
         st.text(max_size=16),
         st.none() | st.integers(1, MAX_ID),
         json_data,
@@ -137,7 +140,7 @@ pushes = st.one_of(
     ),
     st.builds(lambda code, reason: Disconnect(code, reason).push(), st.integers(4000, 4999), st.text()),
     st.builds(
-        lambda channel, member: {"push": "join", "channel": channel, "member": member}, channels, senders
+        lambda channel, member: {"push": "join", "channel": channel, "member": member}, channel_texts, senders
     ),
 )
 replies = st.one_of(
@@ -220,9 +223,15 @@ def test_codec_is_the_first_known_subprotocol_offered(offered: list[str], codec:
 def test_optional_fields_take_their_defaults() -> None:
     """Omitted optional fields get the defaults DESIGN.md implies."""
     assert decode({"id": 1, "op": "connect", "token": "t"}) == Connect(1, "t", ())
-    assert decode({"id": 2, "op": "publish", "channel": "room:a", "data": None}) == Publish(2, "room:a", None)
-    assert decode({"id": 3, "op": "history", "channel": "room:a"}) == History(3, "room:a", None, 100, False)
-    assert decode({"id": 4, "op": "subscribe", "channel": "room:a", "since": None}) == Subscribe(4, "room:a")
+    assert decode({"id": 2, "op": "publish", "channel": "room:a", "data": None}) == Publish(
+        2, Channel.parse("room:a"), None
+    )
+    assert decode({"id": 3, "op": "history", "channel": "room:a"}) == History(
+        3, Channel.parse("room:a"), None, 100, False
+    )
+    assert decode({"id": 4, "op": "subscribe", "channel": "room:a", "since": None}) == Subscribe(
+        4, Channel.parse("room:a")
+    )
     assert decode({"id": 5, "op": "notifications"}) == Notifications(5, False, 50, None)
     assert decode({"id": MAX_ID, "op": "ping", "extra": [1]}) == Ping(MAX_ID)
 
@@ -588,7 +597,7 @@ def test_oversized_text_is_measured_in_utf8_bytes() -> None:
 )
 def test_valid_channel_names(channel: str) -> None:
     """Namespaced names of letters, digits and _.@- are channels."""
-    assert check_channel(channel) == channel
+    assert Channel.parse(channel).text == channel
 
 
 @pytest.mark.parametrize(
@@ -619,7 +628,7 @@ def test_valid_channel_names(channel: str) -> None:
 def test_invalid_channel_names(channel: object) -> None:
     """Anything else is a 400 naming the expected forms."""
     with pytest.raises(ProtocolError) as caught:
-        check_channel(channel)
+        Channel.parse(channel)
     assert caught.value.code == 400 and caught.value.close_code is None
     assert "channel" in caught.value.message
 
@@ -723,5 +732,5 @@ def test_identifiers_holding_a_lone_surrogate_are_400(message: dict[str, Any], f
 def test_user_and_dm_channels_name_valid_user_ids(channel: str) -> None:
     """user:<id> and dm:<a>:<b> hold ids of the one user-id rule (no ':', at most 100 characters)."""
     with pytest.raises(ProtocolError) as caught:
-        check_channel(channel)
+        Channel.parse(channel)
     assert caught.value.code == 400

@@ -3,7 +3,7 @@
 ``sys:control`` reaches every node (room changes, kicking a user out of a room,
 disconnecting a user everywhere); ``sys:node:<id>`` reaches one node (targeted
 commands such as closing one connection). Clients can never use these channels:
-protocol.check_channel rejects the ``sys`` namespace.
+``Channel.parse`` rejects the ``sys`` namespace.
 
 Control messages are as reliable as publications: they are published with
 offsets into the channel's history, and a node whose pub/sub link dropped reads
@@ -27,23 +27,23 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from tidings.server.channels import Channel
 from tidings.server.cluster.backplane import Backplane, BackplaneUnavailable, Publication
-from tidings.server.cluster.rooms import CachedRooms, room_name
-from tidings.server.gateway.connection import Connection
-from tidings.server.gateway.hub import Hub
-from tidings.server.gateway.protocol import CLOSE_FORBIDDEN, close_reconnects
+from tidings.server.cluster.rooms import CachedRooms
+from tidings.server.gateway.hub import Hub, Subscriber
+from tidings.server.gateway.protocol import CLOSE_FORBIDDEN, ProtocolError, close_reconnects
 
 __all__ = ["CLUSTER_CHANNEL", "ControlPlane", "node_channel"]
 
 logger = logging.getLogger("tidings.control")
 
-CLUSTER_CHANNEL = "sys:control"
+CLUSTER_CHANNEL = Channel.system("control").text
 
 _RETRY_TIMEOUT = 30.0  # seconds a room check retries while Redis is away before it fails closed
 
 
 def node_channel(node_id: str) -> str:
-    return f"sys:node:{node_id}"
+    return Channel.system(f"node:{node_id}").text
 
 
 class ControlPlane:
@@ -63,7 +63,7 @@ class ControlPlane:
         hub: Hub,
         rooms: CachedRooms,
         *,
-        drop_subscription: Callable[[Connection, str], Awaitable[None]],
+        drop_subscription: Callable[[Subscriber, Channel], Awaitable[None]],
     ) -> None:
         self._backplane = backplane
         self._hub = hub
@@ -129,7 +129,7 @@ class ControlPlane:
             self._rooms.invalidate(room)
             self._spawn(self._check_subscribers(room, None))
         elif op == "kick":
-            room = room_name(str(message.get("channel"))) or str(message.get("room"))
+            room = _room_of(message)
             self._rooms.invalidate(room)
             self._spawn(self._check_subscribers(room, str(message.get("user"))))
         elif op == "disconnect_user":
@@ -158,7 +158,7 @@ class ControlPlane:
 
     def _resync(self) -> None:
         self._rooms.clear()
-        rooms = {room for channel in self._hub.channels() if (room := room_name(channel)) is not None}
+        rooms = {room for channel in self._hub.channels() if (room := _room_name(channel)) is not None}
         for room in rooms:
             self._spawn(self._check_subscribers(room, None))
 
@@ -171,11 +171,7 @@ class ControlPlane:
         sent_at = publication.ts / 1000 + 1.0
         for connection in list(self._hub.connections.values()):
             # A message repaired late must not close a connection that opened after it was sent.
-            if (
-                isinstance(connection, Connection)
-                and matches(connection)
-                and connection.session.opened_at <= sent_at
-            ):
+            if not connection.closed and matches(connection) and connection.session.opened_at <= sent_at:
                 logger.info(
                     "closing %s (%d%s)",
                     connection.client_id,
@@ -186,10 +182,14 @@ class ControlPlane:
 
     async def _check_subscribers(self, room: str, user: str | None) -> None:
         """Remove every local subscriber of ``room`` (of ``user`` only, if given) that may not read it."""
-        channel = f"room:{room}"
+        try:
+            channel = Channel.room(room)
+        except ProtocolError:
+            logger.warning("control message names no room: %r", room)
+            return
         deadline = time.monotonic() + _RETRY_TIMEOUT
         delay = 0.1
-        for subscriber in _connections(self._hub.subscribers(channel)):
+        for subscriber in _connections(self._hub.subscribers(channel.text)):
             if subscriber.session.principal is None or (user is not None and subscriber.session.user != user):
                 continue
             while True:
@@ -202,7 +202,7 @@ class ControlPlane:
                         break
                     await asyncio.sleep(delay + random.uniform(0, delay))
                     delay = min(delay * 2, 2.0)
-            if allowed or channel not in subscriber.session.channels:
+            if allowed or channel.text not in subscriber.session.channels:
                 continue
             try:
                 await self._drop_subscription(subscriber, channel)
@@ -211,7 +211,9 @@ class ControlPlane:
                 logger.warning(
                     "removed %s from %s, but presence could not be updated", subscriber.client_id, channel
                 )
-            subscriber.send({"push": "unsubscribe", "channel": channel, "reason": "removed from the room"})
+            subscriber.send(
+                {"push": "unsubscribe", "channel": channel.text, "reason": "removed from the room"}
+            )
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -219,5 +221,18 @@ class ControlPlane:
         task.add_done_callback(self._tasks.discard)
 
 
-def _connections(subscribers: Iterable[object]) -> list[Connection]:
-    return [s for s in subscribers if isinstance(s, Connection) and not s.closed]
+def _connections(subscribers: Iterable[Subscriber]) -> list[Subscriber]:
+    return [s for s in subscribers if not s.closed]
+
+
+def _room_name(channel: object) -> str | None:
+    """The room of a ``room:<name>`` channel; None for any other channel or text."""
+    try:
+        return Channel.parse(channel).room_name
+    except ProtocolError:
+        return None
+
+
+def _room_of(message: dict[str, Any]) -> str:
+    """The room a ``kick`` names: by its channel (``room:<name>``), else by ``room``."""
+    return _room_name(message.get("channel")) or str(message.get("room"))

@@ -21,17 +21,7 @@ from redis.exceptions import RedisError
 from tidings.server.cluster.backplane import BackplaneUnavailable
 from tidings.server.cluster.backplane import keys as redis_keys
 
-__all__ = ["InMemoryPresence", "Member", "Presence", "RedisPresence", "tracks_presence"]
-
-
-def tracks_presence(channel: str) -> bool:
-    """Presence is kept for rooms, direct conversations and personal channels, not for ``broadcast``."""
-    return not channel.startswith("broadcast")
-
-
-def announces_presence(channel: str) -> bool:
-    """``join``/``leave`` pushes are sent for rooms only."""
-    return channel.startswith("room:")
+__all__ = ["InMemoryPresence", "Member", "Presence", "RedisPresence"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,12 +20,7 @@ from redis.exceptions import RedisError
 from tidings.server.cluster.backplane import BackplaneUnavailable
 from tidings.server.cluster.backplane import keys as redis_keys
 
-__all__ = ["CachedRooms", "InMemoryRooms", "RedisRooms", "RoomDirectory", "room_name"]
-
-
-def room_name(channel: str) -> str | None:
-    """The room of a ``room:<name>`` channel, None for other channels."""
-    return channel[5:] if channel.startswith("room:") else None
+__all__ = ["CachedRooms", "InMemoryRooms", "RedisRooms", "RoomDirectory"]
 
 
 class RoomDirectory(Protocol):

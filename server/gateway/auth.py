@@ -3,12 +3,8 @@
 Tokens are JWTs: HS256 with a shared secret, or RS256/ES256 with a public key.
 ``sub`` is the user id, ``exp`` is required, ``name`` is optional.
 
-Channel rules (DESIGN.md "Concepts"):
-  * ``user:<id>``: only that user may subscribe; clients may not publish to it
-    (backends and the server do, e.g. notifications and direct sends).
-  * ``dm:<a>:<b>``: only ``a`` and ``b``, ids sorted (``a <= b``).
-  * ``room:<name>``: any authenticated user (private rooms add a membership check).
-  * ``broadcast``: clients read, only backends publish.
+The channel rules (who may subscribe or publish where) are ``Channel.may`` in
+``server/channels.py``, next to the one user-id rule a token's ``sub`` follows.
 
 Errors:
     AuthError: the token is missing, malformed, badly signed or expired.
@@ -21,14 +17,14 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import jwt
 
-from tidings.server.gateway.protocol import ProtocolError, check_user
+from tidings.server.channels import check_user
+from tidings.server.gateway.protocol import ProtocolError
 
-__all__ = ["Action", "AuthError", "Principal", "TokenVerifier", "check_api_key", "issue_token", "may"]
+__all__ = ["AuthError", "Principal", "TokenVerifier", "check_api_key", "issue_token"]
 
 
 class AuthError(Exception):
@@ -42,11 +38,6 @@ class Principal:
     user: str
     name: str
     expires_at: float
-
-
-class Action(Enum):
-    SUBSCRIBE = "subscribe"
-    PUBLISH = "publish"
 
 
 class TokenVerifier:
@@ -105,7 +96,7 @@ class TokenVerifier:
 
     def _principal(self, claims: dict[str, Any], now: float) -> Principal:
         sub, exp, name = claims.get("sub"), claims.get("exp"), claims.get("name")
-        # The user id names the personal channel user:<sub>: the one user-id rule of protocol.py.
+        # The user id names the personal channel user:<sub>: the one user-id rule of channels.py.
         try:
             user = check_user(sub, "token sub")
         except ProtocolError as exc:
@@ -128,24 +119,6 @@ def issue_token(
     if name:
         claims["name"] = name
     return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def may(user: str, action: Action, channel: str) -> bool:
-    """Whether ``user`` may perform ``action`` on ``channel`` by the namespace rules alone.
-
-    Private rooms need a membership check on top of this (see ``rooms``).
-    """
-    namespace, _, rest = channel.partition(":")
-    if namespace == "room":
-        return True
-    if namespace == "user":
-        return action is Action.SUBSCRIBE and rest == user
-    if namespace == "dm":
-        a, _, b = rest.partition(":")
-        return bool(b) and a <= b and user in (a, b)
-    if namespace == "broadcast":
-        return action is Action.SUBSCRIBE
-    return False
 
 
 def check_api_key(header: str | None, keys: Iterable[str]) -> bool:

@@ -1,7 +1,9 @@
-"""Carrying out client commands once the session has allowed them.
+"""Carrying out client commands once the session has allowed them (the I/O half of the rules).
 
-The connection driver calls :meth:`CommandRunner.submit` for each command in
-arrival order. Every command gets exactly one reply; failures become error
+The session (pure) decides what may run and what a connect subscribes; this module
+does the awaiting: tokens and connection limits, room membership, the hub, the
+backplane, presence and notifications. The connection driver calls
+:meth:`CommandRunner.submit` for each command in arrival order. Every command gets exactly one reply; failures become error
 replies (503 ``temporary`` when the backplane is down, 500 otherwise) and never
 carry exception text.
 """
@@ -9,23 +11,32 @@ carry exception text.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import secrets
 import time
-from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from tidings.server.channels import Channel
 from tidings.server.cluster.backplane import Backplane, BackplaneUnavailable, HistoryPage, Publication, Sender
-from tidings.server.cluster.presence import Member, announces_presence, tracks_presence
+from tidings.server.cluster.presence import Member
 from tidings.server.cluster.presence import Presence as PresenceStore
-from tidings.server.cluster.rooms import CachedRooms, room_name
+from tidings.server.cluster.rooms import CachedRooms
 from tidings.server.config import Settings
 from tidings.server.gateway.auth import AuthError, TokenVerifier
-from tidings.server.gateway.connection import Connection, Flusher
-from tidings.server.gateway.hub import Hub
+from tidings.server.gateway.client_commands import (
+    Command,
+    Connect,
+    History,
+    Notifications,
+    Ping,
+    Presence,
+    Publish,
+    Read,
+    Subscribe,
+    Unsubscribe,
+)
+from tidings.server.gateway.connection import Connection
+from tidings.server.gateway.hub import Hub, Subscriber
 from tidings.server.gateway.limits import ConnectionLimits
-from tidings.server.gateway.origins import origin_allowed
 from tidings.server.gateway.protocol import (
     CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHENTICATED,
@@ -33,22 +44,13 @@ from tidings.server.gateway.protocol import (
     ERR_FORBIDDEN,
     ERR_INTERNAL,
     ERR_NOT_FOUND,
-    Command,
-    Connect,
-    History,
-    Notifications,
-    Ping,
-    Presence,
     ProtocolError,
-    Publish,
-    Read,
     StreamPosition,
-    Subscribe,
-    Unsubscribe,
     error_reply,
     ok_reply,
 )
 from tidings.server.gateway.recovery import Recovery, recover
+from tidings.server.gateway.session import Forbidden, Join
 from tidings.server.metrics import NodeMetrics
 
 if TYPE_CHECKING:
@@ -145,28 +147,12 @@ class CommandRunner:
         self.hub = hub
         self.verifier = verifier
         self.presence = presence
-        self.flusher = Flusher()  # one flush callback per loop turn for all of this node's connections
         self.rooms = rooms
         self.notifier: Notifier | None = None  # set by app.start_node; None: notifications are off
-        self._client_prefix = f"{secrets.token_hex(3)}"
-        self._client_counter = itertools.count(1)
         self.limits = ConnectionLimits(
             max_connections=settings.max_connections, max_user_connections=settings.max_user_connections
         )
         self.metrics = NodeMetrics()  # event counters for /metrics (gateway/metrics.py reads the rest)
-
-    def new_client_id(self) -> str:
-        """A cluster-unique connection id (node-unique prefix plus a counter)."""
-        return f"{self._client_prefix}{next(self._client_counter):x}"
-
-    def origin_allowed(self, scope: MutableMapping[str, Any]) -> bool:
-        """Cross-site WebSocket hijacking guard: a browser's Origin must be allowed (origins.py)."""
-        origin = dict(scope.get("headers") or []).get(b"origin")
-        return origin_allowed(
-            None if origin is None else origin.decode("latin-1"),
-            allowed_origins=self.settings.allowed_origins,
-            allowed_hosts=self.settings.trusted_hosts(),
-        )
 
     async def submit(self, connection: Connection, command: Command) -> None:
         """Take the next command of ``connection`` (the reader calls this in arrival order).
@@ -231,14 +217,14 @@ class CommandRunner:
             sender = Sender(connection.session.user, connection.client_id)
             started = time.perf_counter()
             position = await self.backplane.publish(
-                command.channel, command.data, sender=sender, ephemeral=command.ephemeral
+                command.channel.text, command.data, sender=sender, ephemeral=command.ephemeral
             )
             self.metrics.publish_latency.observe(time.perf_counter() - started)
             return {} if position is None else position.encode()
         if isinstance(command, History):
             await self._check_room_access(connection, command.channel)
             page = await self.backplane.history(
-                command.channel,
+                command.channel.text,
                 since=command.since,
                 limit=command.limit,
                 reverse=command.reverse,
@@ -248,7 +234,7 @@ class CommandRunner:
             return history_result(page, reverse=command.reverse)
         if isinstance(command, Presence):
             await self._check_room_access(connection, command.channel)
-            members = await self.presence.members(command.channel)
+            members = await self.presence.members(command.channel.text)
             return presence_result(members, max_bytes=self.settings.reply_budget)
         if isinstance(command, (Notifications, Read)):
             if self.notifier is None:
@@ -278,12 +264,10 @@ class CommandRunner:
         if not self.limits.add_user(principal.user):
             connection.close(CLOSE_RATE_LIMITED, "too many connections for this user")
             return None
-        session = connection.session
-        session.open(principal)
-        session.opened_at = time.time()
+        plan = connection.session.open(principal, command, now=time.time())
         self.hub.register(connection)
         try:
-            channels = await self._connect_channels(connection, command, releases)
+            channels = await self._connect_channels(connection, plan, releases)
             unread = await self.notifier.check_in(principal.user) if self.notifier is not None else 0
         except BaseException:
             # Half way (e.g. Redis went away): undo it all, so that the client may send connect again.
@@ -299,73 +283,69 @@ class CommandRunner:
         }
 
     async def _connect_channels(
-        self, connection: Connection, command: Connect, releases: list[tuple[str, StreamPosition]]
+        self, connection: Connection, plan: list[Join | Forbidden], releases: list[tuple[str, StreamPosition]]
     ) -> dict[str, Any]:
-        """Subscribe what a ``connect`` asks for, the personal channel first; one reply budget for all."""
-        session = connection.session
+        """Subscribe what the session planned for a ``connect`` (in its order); one reply budget for all."""
         channels: dict[str, Any] = {}
-        wanted: dict[str, StreamPosition | None] = {f"user:{session.user}": None}
-        for request in command.subscribe:
-            # A reconnecting client lists its personal channel with since: that position must count.
-            if wanted.get(request.channel) is None:
-                wanted[request.channel] = request.since
         budget = ReplyBudget(self.settings.reply_budget)
-        for channel, since in wanted.items():
-            if not session.may_subscribe(channel):
-                channels[channel] = {
-                    "error": {"code": ERR_FORBIDDEN, "message": f"subscribe to {channel} is not allowed"}
-                }
+        for item in plan:
+            channel = item.channel
+            if isinstance(item, Forbidden):
+                channels[channel.text] = item.result()
                 continue
             try:
-                channels[channel] = await self._subscribe(connection, channel, since, releases, budget)
+                channels[channel.text] = await self._subscribe(
+                    connection, channel, item.since, releases, budget
+                )
             except ProtocolError as exc:  # e.g. a private room: refused per channel, the connect succeeds
-                channels[channel] = {"error": {"code": exc.code, "message": exc.message}}
+                channels[channel.text] = {"error": {"code": exc.code, "message": exc.message}}
         return channels
 
     async def _undo_connect(self, connection: Connection, releases: list[tuple[str, StreamPosition]]) -> None:
-        for channel, _ in releases:
-            connection.release(channel, after=None)
+        for held, _ in releases:
+            connection.release(held, after=None)
         releases.clear()
         self.hub.unregister(connection)
         self.limits.remove_user(connection.session.user)
-        for channel in list(connection.session.channels):
+        for channel in list(connection.session.channels.values()):
             try:
                 await self.drop_subscription(connection, channel)
             except BackplaneUnavailable:
                 # The hub let go of it; a presence entry left in Redis goes with the dead-node sweep.
-                await self.hub.unsubscribe(channel, connection)
+                await self.hub.unsubscribe(channel.text, connection)
         connection.session.reset()
 
     async def _subscribe(
         self,
         connection: Connection,
-        channel: str,
+        channel: Channel,
         since: StreamPosition | None,
         releases: list[tuple[str, StreamPosition]],
         budget: ReplyBudget,
     ) -> dict[str, Any]:
         generation = self.rooms.generation
         await self._check_room_access(connection, channel)
+        text = channel.text
         # Hold live publications from the moment the backplane delivers them until the reply is queued,
         # then release those not already in the reply: no gap, no duplicate (DESIGN.md, Guarantee 2).
-        connection.hold(channel)
+        connection.hold(text)
         try:
-            await self.hub.subscribe(channel, connection)
+            await self.hub.subscribe(text, connection)
         except BaseException:
-            connection.release(channel, after=None)
+            connection.release(text, after=None)
             raise
         try:
             if since is None:
-                top = await self.backplane.top(channel)
+                top = await self.backplane.top(text)
                 result: dict[str, Any] = top.encode()
             else:
-                top, result = await self._recover(channel, since, budget)
+                top, result = await self._recover(text, since, budget)
         except BaseException:
-            connection.release(channel, after=None)
-            await self.hub.unsubscribe(channel, connection)
+            connection.release(text, after=None)
+            await self.hub.unsubscribe(text, connection)
             raise
         connection.session.add_channel(channel)
-        releases.append((channel, top))
+        releases.append((text, top))
         if self.rooms.generation != generation:
             # Room access changed while this subscribe was under way: a kick sent meanwhile may have
             # passed before this connection was in the hub. Ask again now that it is.
@@ -373,10 +353,10 @@ class CommandRunner:
                 await self._check_room_access(connection, channel)
             except BaseException:
                 releases.pop()
-                connection.release(channel, after=None)
+                connection.release(text, after=None)
                 await self.drop_subscription(connection, channel)
                 raise
-        if tracks_presence(channel):
+        if channel.tracks_presence:
             await self._add_presence(connection, channel)
         return result
 
@@ -406,44 +386,53 @@ class CommandRunner:
             "publications": [publication_dict(p) for p in recovery.publications],
         }
 
-    async def _check_room_access(self, connection: Connection, channel: str) -> None:
-        room = room_name(channel)
+    async def _check_room_access(self, connection: Subscriber, channel: Channel) -> None:
+        room = channel.room_name
         if room is not None and not await self.rooms.may_access(room, connection.session.user):
             raise ProtocolError(f"{channel} is a private room you are not a member of", code=ERR_FORBIDDEN)
 
-    def member(self, connection: Connection) -> Member:
+    def member(self, connection: Subscriber) -> Member:
         principal = connection.session.principal
         assert principal is not None
         return Member(principal.user, connection.client_id, self.backplane.node_id, {"name": principal.name})
 
-    async def _add_presence(self, connection: Connection, channel: str) -> None:
+    async def _add_presence(self, connection: Subscriber, channel: Channel) -> None:
         member = self.member(connection)
-        await self.presence.add(channel, member)
-        if announces_presence(channel):
-            await self.announce(channel, "join", member)
+        await self.presence.add(channel.text, member)
+        if channel.announces_presence:
+            await self.announce(channel.text, "join", member)
 
     async def announce(self, channel: str, event: str, member: Member) -> None:
         """Publish a ``join``/``leave`` push to every subscriber of ``channel`` on every node."""
         await self.backplane.publish(channel, {"push": event, "member": member.encode()}, ephemeral=True)
 
-    async def drop_subscription(self, connection: Connection, channel: str) -> None:
+    async def announce_leave(self, channel: str, member: Member) -> None:
+        """The ``leave`` push of a member whose node died (liveness), for channels that announce presence."""
+        try:
+            announces = Channel.parse(channel).announces_presence
+        except ProtocolError:
+            return  # not a channel a client subscribed: nobody to tell
+        if announces:
+            await self.announce(channel, "leave", member)
+
+    async def drop_subscription(self, connection: Subscriber, channel: Channel) -> None:
         """End one subscription: hub, session, presence and the ``leave`` push."""
-        await self.hub.unsubscribe(channel, connection)
-        if channel not in connection.session.channels:
+        await self.hub.unsubscribe(channel.text, connection)
+        if channel.text not in connection.session.channels:
             return
         connection.session.remove_channel(channel)
-        if tracks_presence(channel):
+        if channel.tracks_presence:
             member = self.member(connection)
-            await self.presence.remove(channel, member)
-            if announces_presence(channel):
-                await self.announce(channel, "leave", member)
+            await self.presence.remove(channel.text, member)
+            if channel.announces_presence:
+                await self.announce(channel.text, "leave", member)
 
     async def readd_presence(self) -> None:
         """Re-add the presence of every local subscription (after this node was presumed dead)."""
         for subscriber in list(self.hub.connections.values()):
-            if isinstance(subscriber, Connection) and not subscriber.closed:
-                for channel in list(subscriber.session.channels):
-                    if tracks_presence(channel):
+            if not subscriber.closed:
+                for channel in list(subscriber.session.channels.values()):
+                    if channel.tracks_presence:
                         await self._add_presence(subscriber, channel)
 
     async def disconnected(self, connection: Connection) -> None:
@@ -454,7 +443,7 @@ class CommandRunner:
         if connection.session.principal is None:
             return
         self.limits.remove_user(connection.session.user)
-        for channel in list(connection.session.channels):
+        for channel in list(connection.session.channels.values()):
             try:
                 await self.drop_subscription(connection, channel)
             except BackplaneUnavailable:

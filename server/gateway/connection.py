@@ -1,7 +1,10 @@
 """One WebSocket connection: the only code that awaits the socket.
 
-A reader loop (the ASGI task itself) receives frames, checks them with the pure
-session and hands them to ``commands``. Outgoing frames go through a bounded
+A reader loop (the ASGI task itself) receives frames, asks the pure session what
+to do with each (``Session.receive_frame``) and does it: close, send an error
+reply, or hand the command to the node's :class:`CommandHandler` (``commands``).
+What the connections of a node share comes in one explicit :class:`Gateway`.
+Outgoing frames go through a bounded
 outbox counted in bytes. Queuing the first frame schedules one flush callback
 (``call_soon``), which sends everything queued by then as ONE frame (JSON joined
 by ``\\n``, MessagePack back to back), written straight to the transport
@@ -13,36 +16,41 @@ idle connection holds no task but its reader (DESIGN.md "Performance shape").
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tidings.server.cluster.backplane import Publication
-from tidings.server.gateway.limits import CommandLimiter, Verdict
+from tidings.server.config import Settings
+from tidings.server.gateway.client_commands import Command
+from tidings.server.gateway.limits import CommandLimiter
+from tidings.server.gateway.origins import origin_allowed
 from tidings.server.gateway.protocol import (
     CLOSE_PROTOCOL_VIOLATION,
-    CLOSE_RATE_LIMITED,
     CLOSE_TOO_SLOW,
     CLOSE_UNAUTHENTICATED,
     ERR_RATE_LIMITED,
-    ERR_UNAUTHENTICATED,
     Codec,
     Disconnect,
     Frame,
-    ProtocolError,
     StreamPosition,
-    decode_command,
-    error_reply,
 )
-from tidings.server.gateway.session import Session, State
+from tidings.server.gateway.session import ChannelPositions, Close, Refuse, Session, State
 from tidings.server.logs import bind_connection
 from tidings.server.transport.frames import attach, release_handshake, wire_bytes
 
-if TYPE_CHECKING:
-    from tidings.server.gateway.commands import CommandRunner
-
-__all__ = ["Connection", "Flusher", "InFlight", "serve_websocket"]
+__all__ = [
+    "CommandHandler",
+    "Connection",
+    "Flusher",
+    "Gateway",
+    "GatewayMetrics",
+    "InFlight",
+    "serve_websocket",
+]
 
 logger = logging.getLogger("tidings.connection")
 
@@ -128,7 +136,8 @@ class Connection:
         connection with 4008 ("too slow"); memory never grows without bound.
       * While a channel is being (re)subscribed, its live publications are held
         back and released after the subscribe reply, without those the reply
-        already carried (``hold``/``release``): no gap and no duplicate.
+        already carried (``hold``/``release``; the rule is ``session.ChannelPositions``):
+        no gap and no duplicate.
     """
 
     __slots__ = (
@@ -136,20 +145,18 @@ class Connection:
         "_asgi_send",
         "_closing",
         "_direct",
-        "_floor",
         "_flush_scheduled",
         "_flusher",
-        "_held",
         "_outbox",
         "_outbox_bytes",
         "_outbox_size",
+        "_positions",
         "_writer",
         "client_id",
         "close_code",
         "closed",
         "codec",
         "dropped_frames",
-        "limiter",
         "publishes",
         "session",
     )
@@ -176,13 +183,10 @@ class Connection:
         self._direct = attach(asgi_send)  # the fast write path (wire.py), or None: ASGI send only
         self._flush_scheduled = False
         self._flusher = flusher if flusher is not None else Flusher()
-        self._held: dict[str, list[tuple[Publication, Frame]]] | None = None
-        # Per channel, the highest offset already sent since its (re)subscribe. A node that is repairing
-        # a pub/sub gap may still hand on older publications afterwards; they are dropped here. The
-        # entry goes away with the first newer publication, so steady state costs one None check.
-        self._floor: dict[str, tuple[str, int]] | None = None
+        # Held publications and per-channel floors around (re)subscribes; None while there are none,
+        # so steady state costs one None check per delivery.
+        self._positions: ChannelPositions | None = None
         self._closing: asyncio.Task[None] | None = None
-        self.limiter: CommandLimiter | None = None  # set by serve_websocket; None: no rate limit
         self.publishes = InFlight()  # pipelined publishes awaiting their reply (CommandRunner.submit)
         self.close_code: int | None = None  # the code the server closed with (for /metrics)
         self.dropped_frames = 0  # frames never sent because of a close (for /metrics)
@@ -224,49 +228,33 @@ class Connection:
 
     def deliver(self, publication: Publication, frame: Frame) -> None:
         """A publication from the hub; held back while its channel is being subscribed."""
-        if self._held is not None:
-            held = self._held.get(publication.channel)
-            if held is not None:
-                held.append((publication, frame))
+        positions = self._positions
+        if positions is not None:
+            admitted = positions.admit(publication, frame)
+            if positions.idle:
+                self._positions = None
+            if not admitted:
                 return
-        if self._floor is not None and publication.offset is not None:
-            floor = self._floor.get(publication.channel)
-            if floor is not None:
-                if publication.epoch == floor[0] and publication.offset <= floor[1]:
-                    return  # already sent (in a subscribe reply or released after it)
-                del self._floor[publication.channel]
-                if not self._floor:
-                    self._floor = None
         self.send_frame(frame)
 
     def hold(self, channel: str) -> None:
         """Hold back live publications of ``channel`` until ``release``."""
-        if self._held is None:
-            self._held = {}
-        self._held[channel] = []
+        if self._positions is None:
+            self._positions = ChannelPositions()
+        self._positions.hold(channel)
 
     def release(self, channel: str, *, after: StreamPosition | None) -> None:
         """Send what was held for ``channel``, skipping offsets up to ``after`` (already sent in a reply).
 
         ``after`` None drops what was held (the subscription failed).
         """
-        if self._held is None:
+        positions = self._positions
+        if positions is None:
             return
-        held = self._held.pop(channel, [])
-        if not self._held:
-            self._held = None
-        if after is None:
-            return
-        floor = after.offset
-        for publication, frame in held:
-            if publication.offset is None:
-                self.send_frame(frame)
-            elif publication.epoch != after.epoch or publication.offset > floor:
-                floor = max(floor, publication.offset) if publication.epoch == after.epoch else floor
-                self.send_frame(frame)
-        if self._floor is None:
-            self._floor = {}
-        self._floor[channel] = (after.epoch, floor)
+        for frame in positions.release(channel, after=after):
+            self.send_frame(frame)
+        if positions.idle:
+            self._positions = None
 
     async def _drain(self) -> None:
         key = "text" if self.codec is Codec.JSON else "bytes"
@@ -328,10 +316,75 @@ class Connection:
             transport.abort()
 
 
-async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: CommandRunner) -> None:
+class CommandHandler(Protocol):
+    """What the driver hands the commands the session let through to (``commands.CommandRunner``)."""
+
+    async def submit(self, connection: Connection, command: Command) -> None:
+        """Take the next command of ``connection``, in arrival order; queue its reply."""
+
+    async def disconnected(self, connection: Connection) -> None:
+        """Clean up after ``connection`` ended, however it ended."""
+
+
+class GatewayMetrics(Protocol):
+    """The event counters the driver keeps (``http.metrics.NodeMetrics``)."""
+
+    rate_limited: int
+
+
+class Gateway:
+    """What the connections of one node share, passed to :func:`serve_websocket` explicitly.
+
+    Args:
+        settings: limits, timeouts and the origin rules of the node.
+        handler: carries out commands (``commands.CommandRunner``).
+        metrics: counts commands answered 429.
+    """
+
+    __slots__ = ("_client_counter", "_client_prefix", "flusher", "handler", "metrics", "settings")
+
+    def __init__(self, settings: Settings, handler: CommandHandler, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.metrics = metrics
+        self.flusher = Flusher()  # one flush callback per loop turn for all of this node's connections
+        self._client_prefix = f"{secrets.token_hex(3)}"
+        self._client_counter = itertools.count(1)
+
+    def new_client_id(self) -> str:
+        """A cluster-unique connection id (node-unique prefix plus a counter)."""
+        return f"{self._client_prefix}{next(self._client_counter):x}"
+
+    def origin_allowed(self, scope: Scope) -> bool:
+        """Cross-site WebSocket hijacking guard: a browser's Origin must be allowed (origins.py)."""
+        origin = dict(scope.get("headers") or []).get(b"origin")
+        return origin_allowed(
+            None if origin is None else origin.decode("latin-1"),
+            allowed_origins=self.settings.allowed_origins,
+            allowed_hosts=self.settings.trusted_hosts(),
+        )
+
+    def new_connection(self, codec: Codec, send: Send) -> Connection:
+        """A connection for an accepted socket, with its session and command limiter."""
+        settings = self.settings
+        client_id = self.new_client_id()
+        limiter = CommandLimiter(settings.command_rate, settings.command_burst, now=time.monotonic())
+        session = Session(
+            client_id,
+            max_channels=settings.max_channels,
+            codec=codec,
+            max_size=settings.max_message_size,
+            limiter=limiter,
+        )
+        return Connection(
+            client_id, codec, send, outbox_size=settings.outbox_size, session=session, flusher=self.flusher
+        )
+
+
+async def serve_websocket(scope: Scope, receive: Receive, send: Send, gateway: Gateway) -> None:
     """Run one WebSocket connection from handshake to cleanup (an ASGI app body)."""
-    settings = runner.settings
-    if not runner.origin_allowed(scope):
+    settings = gateway.settings
+    if not gateway.origin_allowed(scope):
         await send({"type": "websocket.close", "code": 1008})  # before accept: an HTTP 403
         return
     first = await receive()
@@ -347,13 +400,9 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
     scope["headers"] = []
     scope.pop("state", None)
 
-    client_id = runner.new_client_id()
-    bind_connection(client_id)  # every log record of this task carries the connection id (logs.py)
-    session = Session(client_id, max_channels=settings.max_channels)
-    connection = Connection(
-        client_id, codec, send, outbox_size=settings.outbox_size, session=session, flusher=runner.flusher
-    )
-    connection.limiter = CommandLimiter(settings.command_rate, settings.command_burst, now=time.monotonic())
+    connection = gateway.new_connection(codec, send)
+    bind_connection(connection.client_id)  # every log record of this task carries the connection id (logs.py)
+    session = connection.session
     expiry: asyncio.TimerHandle | None = None
     try:
         async with asyncio.timeout(settings.connect_timeout):
@@ -361,7 +410,7 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
             # (500, 503) may be retried, but an unauthenticated socket never outlives connect_timeout.
             while session.state is State.CONNECTING:
                 message = await receive()
-                if not await _handle_frame(message, connection, runner):
+                if not await _handle_frame(message, connection, gateway):
                     return
         if session.state is State.OPEN and session.principal is not None:
             expiry = asyncio.get_running_loop().call_later(
@@ -372,20 +421,20 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, runner: Co
             )
         while not connection.closed:
             message = await receive()
-            if not await _handle_frame(message, connection, runner):
+            if not await _handle_frame(message, connection, gateway):
                 return
     except TimeoutError:
         connection.close(CLOSE_PROTOCOL_VIOLATION, f"no connect within {settings.connect_timeout:g} s")
     finally:
         if expiry is not None:
             expiry.cancel()
-        await runner.disconnected(connection)
+        await gateway.handler.disconnected(connection)
         await connection.wait_closed()
         await connection.publishes.settle()  # already queued on the backplane: they finish either way
 
 
-async def _handle_frame(message: Message, connection: Connection, runner: CommandRunner) -> bool:
-    """Handle one ASGI event; False once the connection is over."""
+async def _handle_frame(message: Message, connection: Connection, gateway: Gateway) -> bool:
+    """Handle one ASGI event: do what the session says of its frame. False once the connection is over."""
     if message["type"] == "websocket.disconnect":
         connection.closed = True
         return False
@@ -394,30 +443,15 @@ async def _handle_frame(message: Message, connection: Connection, runner: Comman
         frame = message.get("bytes")
     if frame is None or connection.closed:
         return not connection.closed
-    # Every frame counts against the rate, valid or not: 429 while over it, close 4029 if that goes on.
-    verdict = connection.limiter.check(time.monotonic()) if connection.limiter else Verdict.ALLOW
-    if verdict is Verdict.CLOSE:
-        connection.close(CLOSE_RATE_LIMITED, "rate limited: too many commands")
+    action = connection.session.receive_frame(frame, now=time.monotonic())
+    if isinstance(action, Close):
+        connection.close(action.code, action.reason)
         return False
-    try:
-        command = decode_command(frame, connection.codec, max_size=runner.settings.max_message_size)
-        connection.session.check(command)
-    except ProtocolError as exc:
-        if exc.close_code is None and connection.session.state is State.CONNECTING:
-            # Nothing but a valid connect opens a session: a bad first command ends the connection.
-            exc.close_code = (
-                CLOSE_UNAUTHENTICATED if exc.code == ERR_UNAUTHENTICATED else CLOSE_PROTOCOL_VIOLATION
-            )
-        if exc.close_code is not None:
-            connection.close(exc.close_code, exc.message)
-            return False
+    if isinstance(action, Refuse):
+        if action.code == ERR_RATE_LIMITED:
+            gateway.metrics.rate_limited += 1
         await connection.publishes.settle()  # replies keep command order
-        connection.send(error_reply(exc.id or 0, exc.code, exc.message))
+        connection.send(action.reply())
         return True
-    if verdict is Verdict.REJECT:
-        runner.metrics.rate_limited += 1
-        await connection.publishes.settle()
-        connection.send(error_reply(command.id, ERR_RATE_LIMITED, "rate limited: slow down", temporary=True))
-        return True
-    await runner.submit(connection, command)
+    await gateway.handler.submit(connection, action.command)
     return not connection.closed

@@ -35,11 +35,10 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tidings.server.gateway.connection import Connection
 from tidings.server.gateway.protocol import CLOSE_NODE_SHUTDOWN
 
 if TYPE_CHECKING:
-    from tidings.server.gateway.hub import Hub
+    from tidings.server.gateway.hub import Hub, Subscriber
     from tidings.server.node import NodeState
 
 __all__ = ["drain_connections", "drain_node", "plan_batches"]
@@ -90,10 +89,10 @@ async def drain_connections(
         how many connections were told to reconnect.
     """
     loop = asyncio.get_running_loop()
-    told: list[Connection] = []
+    told: list[Subscriber] = []
     while loop.time() < give_up_at:
         # Sessions that connect meanwhile (their socket was accepted before the drain) are told too.
-        pending = [c for c in hub.connections.values() if isinstance(c, Connection) and not c.closed]
+        pending = [c for c in hub.connections.values() if not c.closed]
         if not pending:
             break
         size, pause = plan_batches(

@@ -14,12 +14,14 @@ from typing import Any, Protocol
 
 from tidings.server.cluster.backplane import Backplane, Publication
 from tidings.server.gateway.protocol import Codec, Frame, publication_push
+from tidings.server.gateway.session import Session
 
 __all__ = ["Hub", "Subscriber"]
 
 
 class Subscriber(Protocol):
-    """What the hub needs of a connection."""
+    """A local connection, as the hub and those who look it up there (commands, control, drain,
+    metrics) see it: its session, and sending and closing that never await."""
 
     @property
     def codec(self) -> Codec: ...
@@ -27,8 +29,25 @@ class Subscriber(Protocol):
     @property
     def client_id(self) -> str: ...
 
+    @property
+    def session(self) -> Session:
+        """Who is connected and to which channels."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closing or gone: nothing more is sent."""
+
     def deliver(self, publication: Publication, frame: Frame) -> None:
         """Queue ``frame`` (the encoded publication push) without awaiting anything."""
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Encode and queue one reply or push without awaiting anything."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a ``disconnect`` push and close with ``code``; never awaits."""
+
+    async def wait_closed(self) -> None:
+        """Return once the close frame is out (or its grace period is over)."""
 
 
 class Hub:
@@ -125,11 +144,8 @@ class Hub:
         subscribers = self._channels.get(publication.channel)
         if not subscribers:
             return
-        if publication.offset is None and publication.sender is None:
-            # A server event (join/leave) travels as an ephemeral publication without a sender;
-            # clients cannot forge one: their publications always carry a sender.
-            push = _event_push(publication)
-        else:
+        kind = publication.kind  # set by the backplane where it built the publication (kind_of)
+        if kind == "publication":
             push = publication_push(
                 publication.channel,
                 publication.epoch,
@@ -138,6 +154,8 @@ class Hub:
                 publication.sender.encode() if publication.sender is not None else None,
                 publication.ts,
             )
+        else:
+            push = _event_push(publication)
         frames: dict[Codec, Frame] = {}
         # A copy: a subscriber that overflows is removed later, but never while we iterate.
         for subscriber in tuple(subscribers):
@@ -150,13 +168,12 @@ class Hub:
 
 
 def _event_push(publication: Publication) -> dict[str, Any]:
-    data = publication.data
-    if isinstance(data, dict) and data.get("push") in ("join", "leave"):
-        return {"push": data["push"], "channel": publication.channel, "member": data.get("member")}
-    if (
-        isinstance(data, dict)
-        and data.get("push") in ("notification", "unread")
-        and publication.channel.startswith("user:")
-    ):
-        return data  # notifications.py built the whole push (notification_push, unread_push)
-    return publication_push(publication.channel, "", None, data, None, publication.ts)
+    kind, data = publication.kind, publication.data
+    if kind == "join" or kind == "leave":
+        return {"push": kind, "channel": publication.channel, "member": data.get("member")}
+    if kind == "notification" or kind == "unread":
+        return data  # type: ignore[no-any-return]  # notifier.py built the whole push
+    # "control" never reaches the hub (app.py hands sys: channels to control.py); were it to, as is.
+    return publication_push(
+        publication.channel, publication.epoch, publication.offset, data, None, publication.ts
+    )

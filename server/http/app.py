@@ -25,11 +25,12 @@ from tidings.server.cluster.backplane.memory import InMemoryBackplane
 from tidings.server.cluster.control import ControlPlane
 from tidings.server.cluster.liveness import NodeLiveness, new_incarnation
 from tidings.server.cluster.metrics import backplane_metrics
-from tidings.server.cluster.presence import InMemoryPresence, Presence, RedisPresence, announces_presence
+from tidings.server.cluster.presence import InMemoryPresence, Presence, RedisPresence
 from tidings.server.cluster.rooms import CachedRooms, InMemoryRooms, RedisRooms
 from tidings.server.config import ConfigError, Secret, Settings
 from tidings.server.gateway.auth import TokenVerifier
 from tidings.server.gateway.commands import CommandRunner
+from tidings.server.gateway.connection import Gateway
 from tidings.server.gateway.hub import Hub
 from tidings.server.gateway.metrics import gateway_metrics
 from tidings.server.http.metrics import node_metrics
@@ -113,10 +114,11 @@ async def start_node(
         public_key=settings.jwt_public_key,
     )
     runner = CommandRunner(settings, node_backplane, hub, verifier, presence, rooms)
+    gateway = Gateway(settings, runner, runner.metrics)
     control = ControlPlane(node_backplane, hub, rooms, drop_subscription=runner.drop_subscription)
 
     def on_publication(publication: Publication) -> None:
-        if publication.channel.startswith("sys:"):
+        if publication.kind == "control":
             control.handle(publication)
         else:
             hub.deliver(publication)
@@ -133,9 +135,7 @@ async def start_node(
             presence,
             key_prefix=settings.key_prefix,
             incarnation=incarnation,
-            announce_leave=lambda channel, member: (
-                runner.announce(channel, "leave", member) if announces_presence(channel) else _nothing()
-            ),
+            announce_leave=runner.announce_leave,
             on_revived=runner.readd_presence,
         )
         await liveness.start()
@@ -145,6 +145,7 @@ async def start_node(
         "backplane": node_backplane,
         "hub": hub,
         "runner": runner,
+        "gateway": gateway,
         "presence": presence,
         "rooms": rooms,
         "control": control,
@@ -162,10 +163,6 @@ async def start_node(
     registry.add_source(job_metrics.collect, refresh=job_metrics.refresh)
     registry.add_source(notifier_metrics(notifier))
     return state
-
-
-async def _nothing() -> None:
-    return None
 
 
 class _WebSocketGateway:

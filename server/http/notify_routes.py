@@ -20,10 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tidings.server.channels import check_user
 from tidings.server.gateway.protocol import MAX_READ_IDS, is_notification_id
 from tidings.server.http.routes import ApiError, endpoint, read_json
 from tidings.server.node import NodeState
-from tidings.server.notify.notifier import check_topic, check_user, parse_notify_request
+from tidings.server.notify.notifier import check_topic, parse_notify_request
 
 __all__ = ["notification_routes"]
 

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tidings.server.channels import Channel, check_user
 from tidings.server.cluster.backplane import BackplaneUnavailable
 from tidings.server.gateway.auth import check_api_key, issue_token
 from tidings.server.gateway.commands import history_result, presence_result
@@ -28,9 +29,7 @@ from tidings.server.gateway.protocol import (
     MAX_ID,
     ProtocolError,
     StreamPosition,
-    check_channel,
     check_data,
-    check_user,
     is_unicode,
 )
 from tidings.server.http.metrics import metrics_endpoint
@@ -141,7 +140,7 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
 
 async def publish(request: Request, state: NodeState) -> Response:
     body = await read_json(request)
-    channel = check_channel(body.get("channel"))
+    channel = Channel.parse(body.get("channel")).text
     if "data" not in body:
         raise ApiError(400, "data is required")
     data = body["data"]
@@ -156,7 +155,7 @@ async def publish(request: Request, state: NodeState) -> Response:
 
 
 async def history(request: Request, state: NodeState) -> Response:
-    channel = check_channel(request.path_params["channel"])
+    channel = Channel.parse(request.path_params["channel"]).text
     query = request.query_params
     since = None
     try:
@@ -200,8 +199,7 @@ def _query_offset(raw: str | None, name: str) -> int | None:
 
 
 def _room(request: Request) -> str:
-    name = request.path_params["room"]
-    return check_channel(f"room:{name}")[5:]
+    return Channel.room(request.path_params["room"]).name
 
 
 def _user(request: Request) -> str:
@@ -209,7 +207,7 @@ def _user(request: Request) -> str:
 
 
 async def presence(request: Request, state: NodeState) -> Response:
-    channel = check_channel(request.path_params["channel"])
+    channel = Channel.parse(request.path_params["channel"]).text
     members = await state["presence"].members(channel)
     return JSONResponse(
         {"channel": channel, **presence_result(members, max_bytes=state["settings"].reply_budget)}
@@ -218,7 +216,7 @@ async def presence(request: Request, state: NodeState) -> Response:
 
 async def user_presence(request: Request, state: NodeState) -> Response:
     user = _user(request)
-    members = await state["presence"].members(f"user:{user}")
+    members = await state["presence"].members(Channel.personal(user).text)
     nodes = sorted({m.node for m in members})
     return JSONResponse({"user": user, "online": bool(members), "connections": len(members), "nodes": nodes})
 
@@ -245,7 +243,7 @@ async def remove_room_member(request: Request, state: NodeState) -> Response:
     room, user = _room(request), _user(request)
     await state["rooms"].directory.remove_member(room, user)
     # One message does both on every node: drop the cached answer, end the user's live subscriptions.
-    await state["control"].broadcast("kick", user=user, channel=f"room:{room}")
+    await state["control"].broadcast("kick", user=user, channel=Channel.room(room).text)
     return JSONResponse({"room": room, "user": user, "member": False})
 
 

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from tidings.server.channels import Channel, check_user
 from tidings.server.cluster.backplane import Backplane, BackplaneUnavailable
-from tidings.server.gateway.protocol import ProtocolError, check_data, check_user
+from tidings.server.gateway.protocol import ProtocolError, check_data
 from tidings.server.jobs.queue import Job, JobQueue, JobWorker, Lease, LocalLease
 from tidings.server.notify.store import SCAN_DONE, NotificationStore
 
@@ -56,7 +57,6 @@ __all__ = [
     "Notifier",
     "NotifyRequest",
     "check_topic",
-    "check_user",
     "notification_push",
     "parse_notify_request",
     "parse_time",
@@ -376,8 +376,9 @@ class Notifier:
         return delivered
 
     async def _push(self, user: str, push: dict[str, Any]) -> None:
-        # A sender-less ephemeral publication: the hub renders it as the push itself (hub._event_push).
-        await self.backplane.publish(f"user:{user}", push, ephemeral=True)
+        # A sender-less ephemeral publication of kind "notification"/"unread" (backplane.kind_of): the hub
+        # delivers it as the push itself.
+        await self.backplane.publish(Channel.personal(user).text, push, ephemeral=True)
 
     def _count_failed_pushes(self, results: Sequence[object]) -> None:
         failed = [r for r in results if isinstance(r, BaseException)]

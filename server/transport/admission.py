@@ -56,6 +56,6 @@ async def serve_gateway(scope: Scope, receive: Receive, send: Send, state: NodeS
         await refuse_websocket(scope, send, 503, "node is at its connection limit")
         return
     try:
-        await serve_websocket(scope, receive, send, state["runner"])
+        await serve_websocket(scope, receive, send, state["gateway"])
     finally:
         limits.close_socket()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tidings.server.channels import SYSTEM_PREFIX, PublicationKind, namespace_of
 from tidings.server.gateway.protocol import StreamPosition
 
 __all__ = [
@@ -26,8 +27,10 @@ __all__ = [
     "HistoryPolicy",
     "Publication",
     "PublicationHandler",
+    "PublicationKind",
     "Sender",
     "StreamPosition",
+    "kind_of",
 ]
 
 
@@ -53,7 +56,11 @@ class Sender:
 
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """One message of a channel. ``offset`` is None for an ephemeral publication (no history)."""
+    """One message of a channel. ``offset`` is None for an ephemeral publication (no history).
+
+    ``kind`` says which push subscribers get (or, for ``control``, that no client does); the
+    backplane sets it with :func:`kind_of` where it builds the publication.
+    """
 
     channel: str
     epoch: str
@@ -61,6 +68,30 @@ class Publication:
     data: Any
     sender: Sender | None
     ts: int  # milliseconds since the Unix epoch, stamped by the publishing node
+    kind: PublicationKind = "publication"
+
+
+def kind_of(channel: str, offset: int | None, sender: Sender | None, data: Any) -> PublicationKind:
+    """The kind of a publication, from what every node reads of it.
+
+    The Redis envelope carries no kind (nodes of the previous version read the same bytes), so
+    the kind is a function of what it does carry, computed once per publication where it is built
+    (``envelope.decode_publication``, ``InMemoryBackplane.publish``): memory and Redis, old and
+    new nodes agree.
+    """
+    if channel.startswith(SYSTEM_PREFIX):
+        return "control"
+    if offset is not None or sender is not None:
+        return "publication"
+    # A server event (join/leave, a notification push) travels as an ephemeral publication without
+    # a sender; clients cannot forge one: their publications always carry a sender.
+    if isinstance(data, dict):
+        push = data.get("push")
+        if push == "join" or push == "leave":
+            return push  # type: ignore[no-any-return]
+        if (push == "notification" or push == "unread") and namespace_of(channel) == "user":
+            return push  # type: ignore[no-any-return]  # notifier.py built the whole push
+    return "publication"
 
 
 @dataclass(frozen=True, slots=True)

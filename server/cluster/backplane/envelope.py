@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from tidings.server.cluster.backplane import Publication, Sender
+from tidings.server.cluster.backplane import Publication, Sender, kind_of
 
 __all__ = [
     "decode_publication",
@@ -37,7 +37,7 @@ def encode_payload(data: Any, sender: Sender | None, ts: int) -> bytes:
 
 
 def decode_publication(channel: str, epoch: str, offset: int | None, payload: bytes) -> Publication:
-    """The publication a payload holds.
+    """The publication a payload holds, with its kind (:func:`kind_of`: the payload carries none).
 
     Raises:
         ValueError: ``payload`` is not one this module encoded.
@@ -47,7 +47,7 @@ def decode_publication(channel: str, epoch: str, offset: int | None, payload: by
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError("not a Tidings payload") from exc
     sender = Sender(user, client) if isinstance(user, str) and isinstance(client, str) else None
-    return Publication(channel, epoch, offset, data, sender, int(ts))
+    return Publication(channel, epoch, offset, data, sender, int(ts), kind_of(channel, offset, sender, data))
 
 
 def ephemeral_envelope(payload: bytes) -> bytes:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidings.server.channels import namespace_of
 from tidings.server.cluster.backplane import (
     HISTORY_OVERHEAD,
     HistoryPage,
@@ -19,6 +20,7 @@ from tidings.server.cluster.backplane import (
     PublicationHandler,
     Sender,
     StreamPosition,
+    kind_of,
 )
 
 __all__ = ["InMemoryBackplane"]
@@ -66,8 +68,7 @@ class InMemoryBackplane:
         return True
 
     def _policy(self, channel: str) -> HistoryPolicy:
-        namespace = channel.split(":", 1)[0]
-        return self._policies.get(namespace, self._default_policy)
+        return self._policies.get(namespace_of(channel), self._default_policy)
 
     def _stream(self, channel: str) -> _Stream:
         stream = self._streams.get(channel)
@@ -87,13 +88,17 @@ class InMemoryBackplane:
     ) -> StreamPosition | None:
         now = self._clock()
         if ephemeral:
-            publication = Publication(channel, "", None, data, sender, int(now * 1000))
+            kind = kind_of(channel, None, sender, data)
+            publication = Publication(channel, "", None, data, sender, int(now * 1000), kind)
             position = None
         else:
             stream = self._stream(channel)
             stream.offset += 1
             stream.last_publish = now
-            publication = Publication(channel, stream.epoch, stream.offset, data, sender, int(now * 1000))
+            kind = kind_of(channel, stream.offset, sender, data)
+            publication = Publication(
+                channel, stream.epoch, stream.offset, data, sender, int(now * 1000), kind
+            )
             stream.publications.append(publication)
             while len(stream.publications) > self._policy(channel).size:
                 stream.publications.popleft()

@@ -44,6 +44,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
+from tidings.server.channels import namespace_of
 from tidings.server.cluster.backplane import (
     HISTORY_OVERHEAD,
     BackplaneUnavailable,
@@ -201,7 +202,7 @@ class RedisBackplane:
     # --- publishing and reading ----------------------------------------------------------------------
 
     def _policy(self, channel: str) -> HistoryPolicy:
-        return self._policies.get(channel.split(":", 1)[0], self._default_policy)
+        return self._policies.get(namespace_of(channel), self._default_policy)
 
     def _new_epoch(self) -> str:
         return f"{self._epoch_prefix}{next(self._epoch_counter):x}"
