@@ -36,7 +36,7 @@ from prometheus_client.core import (
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.server.cluster.backplane import BackplaneUnavailable
+from tidings.server.errors import StoreUnavailable
 from tidings.server.gateway.connection import Connection
 
 if TYPE_CHECKING:
@@ -302,6 +302,6 @@ async def metrics_endpoint(request: Request, state: NodeState) -> Response:
     """``GET /metrics`` (unauthenticated, like ``/healthz``: deploy/nginx.conf keeps it off the public listener)."""
     try:
         jobs = await state["jobs"].counts()
-    except BackplaneUnavailable:
+    except StoreUnavailable:
         jobs = None  # the scrape still answers; tidings_backplane_ready says why the job counts are missing
     return Response(render(state, jobs=jobs), media_type=CONTENT_TYPE_LATEST)

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tidings.server.cluster.backplane import BackplaneUnavailable
+from tidings.server.errors import StoreUnavailable
 from tidings.server.gateway.auth import check_api_key, issue_token
 from tidings.server.gateway.commands import history_result, presence_result
 from tidings.server.gateway.protocol import (
@@ -81,7 +81,7 @@ def endpoint(handler: Handler, *, authenticated: bool = True) -> Callable[[Reque
             return error_response(exc.status, exc.message)
         except ProtocolError as exc:
             return error_response(exc.code, exc.message)
-        except BackplaneUnavailable:
+        except StoreUnavailable:
             return error_response(503, "backplane unavailable")
         except Exception:
             logger.exception("%s %s failed", request.method, request.url.path)
