@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tidings.server.cluster.backplane import HistoryPolicy
+from tidings.server.errors import TidingsError
 from tidings.server.gateway.origins import LOOPBACK_HOSTS, check_host_pattern
 
 __all__ = ["CONTROL_HISTORY", "ConfigError", "Secret", "Settings"]
@@ -26,7 +27,7 @@ NAMESPACES = ("room", "user", "dm", "broadcast")
 CONTROL_HISTORY = HistoryPolicy(size=10_000, ttl=3600.0)
 
 
-class ConfigError(ValueError):
+class ConfigError(TidingsError, ValueError):
     """An environment variable holds a value that cannot be used; the message names it."""
 
 

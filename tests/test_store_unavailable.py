@@ -24,7 +24,11 @@ from tidings.server.cluster.presence import Member
 from tidings.server.cluster.presence_redis import RedisPresence
 from tidings.server.cluster.redis_errors import redis_errors
 from tidings.server.cluster.rooms_redis import RedisRooms
+from tidings.server.config import ConfigError
 from tidings.server.errors import BackplaneUnavailable, StoreUnavailable, TidingsError
+from tidings.server.gateway.auth import AuthError
+from tidings.server.gateway.protocol import ProtocolError
+from tidings.server.http.routes import ApiError
 from tidings.server.jobs.queue import Job
 from tidings.server.jobs.queue_redis import RedisJobQueue
 from tidings.server.notify.store_redis import RedisNotificationStore
@@ -144,7 +148,7 @@ def test_backplane_unavailable_is_a_store_unavailable_under_both_names() -> None
 
 
 def test_errors_module_lists_every_exception_of_the_server() -> None:
-    """Every exception class defined under server/ is named in errors.py's docstring."""
+    """Every exception class defined under server/ is named in errors.py's docstring; the node's own derive from TidingsError."""
     docstring = errors_module.__doc__ or ""
     defined: dict[str, str] = {}
     for path in sorted(SERVER.rglob("*.py")):
@@ -157,3 +161,5 @@ def test_errors_module_lists_every_exception_of_the_server() -> None:
     assert {"StoreUnavailable", "BackplaneUnavailable", "ProtocolError", "AuthError"} <= set(defined)
     missing = sorted(f"{name} ({where})" for name, where in defined.items() if name not in docstring)
     assert not missing, f"errors.py does not list: {missing}"
+    for error in (ProtocolError, AuthError, ConfigError, ApiError, StoreUnavailable):
+        assert issubclass(error, TidingsError), error

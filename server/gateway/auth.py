@@ -26,12 +26,13 @@ from typing import Any
 
 import jwt
 
+from tidings.server.errors import TidingsError
 from tidings.server.gateway.protocol import ProtocolError, check_user
 
 __all__ = ["Action", "AuthError", "Principal", "TokenVerifier", "check_api_key", "issue_token", "may"]
 
 
-class AuthError(Exception):
+class AuthError(TidingsError):
     """A token was rejected; the message is safe to show the client."""
 
 

@@ -22,6 +22,8 @@ from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 import msgpack
 
+from tidings.server.errors import TidingsError
+
 __all__ = [
     "CLOSE_FORBIDDEN",
     "CLOSE_NODE_SHUTDOWN",
@@ -112,7 +114,7 @@ def close_reconnects(code: int) -> bool:
     return code < 4000 or 4000 <= code < 4500
 
 
-class ProtocolError(Exception):
+class ProtocolError(TidingsError):
     """Input that breaks the protocol.
 
     Exactly one of ``code`` (an error reply; the connection goes on) and

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tidings.server.errors import StoreUnavailable
+from tidings.server.errors import StoreUnavailable, TidingsError
 from tidings.server.gateway.auth import check_api_key, issue_token
 from tidings.server.gateway.commands import history_result, presence_result
 from tidings.server.gateway.protocol import (
@@ -43,7 +43,7 @@ logger = logging.getLogger("tidings.api")
 MAX_BODY_SIZE = 1024 * 1024
 
 
-class ApiError(Exception):
+class ApiError(TidingsError):
     """An HTTP error with a message that is safe to return."""
 
     def __init__(self, status: int, message: str) -> None:
