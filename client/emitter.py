@@ -12,8 +12,8 @@ reads them from the environment, as a node does).
 
 Errors:
     ProtocolError: bad input (the message names the field), as a 400 from the HTTP API.
-    BackplaneUnavailable: Redis cannot be reached; nothing was acknowledged, retry (with a
-        ``dedupe_key`` for notifications).
+    StoreUnavailable (``tidings.server.errors``; BackplaneUnavailable is one): Redis cannot be
+        reached; nothing was acknowledged, retry (with a ``dedupe_key`` for notifications).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from tidings.server.cluster.backplane import HistoryPolicy, StreamPosition
 from tidings.server.cluster.backplane.redis import RedisBackplane
 from tidings.server.config import Settings
 from tidings.server.gateway.protocol import check_data
-from tidings.server.jobs.queue_stores import RedisJobQueue
+from tidings.server.jobs.queue_redis import RedisJobQueue
 from tidings.server.notify.notifier import Notifier, check_topic, parse_notify_request
-from tidings.server.notify.store import RedisNotificationStore
+from tidings.server.notify.store_redis import RedisNotificationStore
 
 from .publisher import NotifyFields, notify_body
 

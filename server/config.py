@@ -17,6 +17,7 @@ from typing import Any
 
 from tidings.server.channels import NAMESPACES
 from tidings.server.cluster.backplane import HistoryPolicy
+from tidings.server.errors import TidingsError
 from tidings.server.gateway.origins import LOOPBACK_HOSTS, check_host_pattern
 
 __all__ = ["CONTROL_HISTORY", "ConfigError", "Secret", "Settings"]
@@ -26,7 +27,7 @@ __all__ = ["CONTROL_HISTORY", "ConfigError", "Secret", "Settings"]
 CONTROL_HISTORY = HistoryPolicy(size=10_000, ttl=3600.0)
 
 
-class ConfigError(ValueError):
+class ConfigError(TidingsError, ValueError):
     """An environment variable holds a value that cannot be used; the message names it."""
 
 

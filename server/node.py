@@ -13,7 +13,8 @@ from tidings.server.config import Settings
 from tidings.server.gateway.commands import CommandRunner
 from tidings.server.gateway.connection import Gateway
 from tidings.server.gateway.hub import Hub
-from tidings.server.jobs.queue import JobQueue, JobWorker
+from tidings.server.jobs.queue import JobQueue
+from tidings.server.jobs.worker import JobWorker
 from tidings.server.metrics import MetricsRegistry
 from tidings.server.notify.notifier import Notifier
 

@@ -19,8 +19,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from tidings.server.cluster.backplane import keys as redis_keys
-from tidings.server.jobs.queue import Job, JobHandler, JobQueue, JobWorker, Lease, LocalLease
-from tidings.server.jobs.queue_stores import InMemoryJobQueue, RedisJobQueue
+from tidings.server.cluster.lease import Lease, LocalLease, RedisLease
+from tidings.server.jobs.queue import Job, JobQueue
+from tidings.server.jobs.queue_memory import InMemoryJobQueue
+from tidings.server.jobs.queue_redis import RedisJobQueue
+from tidings.server.jobs.worker import JobHandler, JobWorker
 
 from .support.timing import UNIT, wait_until
 
@@ -36,10 +39,10 @@ class Backend:
 
     async def worker(self, handlers: dict[str, JobHandler], consumer: str, **options: Any) -> JobWorker:
         """Start a worker (stopped at the end of the test)."""
-        lease: Lease | LocalLease = (
+        lease: Lease = (
             LocalLease()
             if self.client is None
-            else Lease(self.client, redis_keys.lease(self.key_prefix, "job-promote"), ttl=1.0)
+            else RedisLease(self.client, redis_keys.lease(self.key_prefix, "job-promote"), ttl=1.0)
         )
         options.setdefault("poll_interval", 0.05)
         options.setdefault("block_timeout", 0.2)

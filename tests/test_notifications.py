@@ -24,9 +24,12 @@ from tidings.client import AsyncPublisher, Connection, Publisher, PublishError, 
 from tidings.server.cluster.backplane import Publication
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.backplane.memory import InMemoryBackplane
+from tidings.server.cluster.lease import Lease, LocalLease, RedisLease
 from tidings.server.gateway.protocol import ProtocolError
-from tidings.server.jobs.queue import Job, JobQueue, JobWorker, Lease, LocalLease, new_job_id
-from tidings.server.jobs.queue_stores import InMemoryJobQueue, RedisJobQueue
+from tidings.server.jobs.queue import Job, JobQueue, new_job_id
+from tidings.server.jobs.queue_memory import InMemoryJobQueue
+from tidings.server.jobs.queue_redis import RedisJobQueue
+from tidings.server.jobs.worker import JobWorker
 from tidings.server.notify.notifier import (
     NOTIFY_JOB,
     Audience,
@@ -36,11 +39,9 @@ from tidings.server.notify.notifier import (
     parse_notify_request,
     parse_time,
 )
-from tidings.server.notify.store import (
-    InMemoryNotificationStore,
-    NotificationStore,
-    RedisNotificationStore,
-)
+from tidings.server.notify.store import NotificationStore
+from tidings.server.notify.store_memory import InMemoryNotificationStore
+from tidings.server.notify.store_redis import RedisNotificationStore
 
 from .support.node import API_KEY, RunningNode, run_node
 from .support.node import test_settings as node_settings
@@ -225,12 +226,12 @@ class Setup:
 async def setup(redis_or_none: Any, key_prefix: str) -> AsyncIterator[Setup]:
     backplane = InMemoryBackplane()
     jobs: JobQueue
-    lease: Lease | LocalLease
+    lease: Lease
     if redis_or_none is None:
         jobs, lease = InMemoryJobQueue(), LocalLease()
     else:
         jobs = RedisJobQueue(redis_or_none, key_prefix=key_prefix)
-        lease = Lease(redis_or_none, redis_keys.lease(key_prefix, "job-promote"), ttl=1.0)
+        lease = RedisLease(redis_or_none, redis_keys.lease(key_prefix, "job-promote"), ttl=1.0)
     notifier = Notifier(make_store(redis_or_none, key_prefix), jobs, backplane, batch_size=100)
     worker = JobWorker(
         jobs,

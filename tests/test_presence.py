@@ -1,4 +1,7 @@
-"""Presence, private rooms, typing and disconnects on one real node (memory backplane)."""
+"""Presence, private rooms, typing and disconnects on one real node (memory backplane).
+
+The presence store's own contract, over memory and Redis, is tests/test_presence_store.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import httpx
 import pytest
 
 from tidings.client import CallError, Connection, ConnectionClosed
-from tidings.server.cluster.presence import InMemoryPresence, Member
 
 from .support.node import API_KEY
 from .support.timing import UNIT, wait_until
@@ -124,15 +126,3 @@ async def test_disconnect_user_closes_all_their_connections(node, token):
                 with pytest.raises(ConnectionClosed):
                     await connection.ping()
             await bob.ping()  # others carry on
-
-
-async def test_memory_presence_remove_node_returns_its_entries():
-    """remove_node removes only the dead node's entries and reports each once."""
-    presence = InMemoryPresence()
-    await presence.add("room:a", Member("u1", "c1", "n1"))
-    await presence.add("room:a", Member("u2", "c2", "n2"))
-    await presence.add("user:u1", Member("u1", "c1", "n1"))
-    removed = await presence.remove_node("n1")
-    assert sorted((channel, m.client) for channel, m in removed) == [("room:a", "c1"), ("user:u1", "c1")]
-    assert await presence.remove_node("n1") == []
-    assert [m.client for m in await presence.members("room:a")] == ["c2"]

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tidings.server.cluster.rooms import CachedRooms, InMemoryRooms, RoomDirectory
+from tidings.server.cluster.rooms import CachedRooms, RoomDirectory
+from tidings.server.cluster.rooms_memory import InMemoryRooms
 from tidings.server.node import NodeState
 
 from .support.node import API_KEY, RunningNode, run_node

@@ -30,6 +30,7 @@ from typing import Any
 from tidings.server.channels import Channel
 from tidings.server.cluster.backplane import Backplane, BackplaneUnavailable, Publication
 from tidings.server.cluster.rooms import CachedRooms
+from tidings.server.errors import StoreUnavailable
 from tidings.server.gateway.hub import Hub, Subscriber
 from tidings.server.gateway.protocol import CLOSE_FORBIDDEN, ProtocolError, close_reconnects
 
@@ -196,7 +197,7 @@ class ControlPlane:
                 try:
                     allowed = await self._rooms.may_access(room, subscriber.session.user)
                     break
-                except BackplaneUnavailable:
+                except StoreUnavailable:
                     if time.monotonic() > deadline:
                         allowed = False  # fail closed: the directory stayed unreachable
                         break
@@ -206,7 +207,7 @@ class ControlPlane:
                 continue
             try:
                 await self._drop_subscription(subscriber, channel)
-            except BackplaneUnavailable:
+            except StoreUnavailable:
                 # The hub and session let go already; presence is fixed by the dead-node sweep or a heartbeat.
                 logger.warning(
                     "removed %s from %s, but presence could not be updated", subscriber.client_id, channel

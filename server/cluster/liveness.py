@@ -3,7 +3,7 @@
 An incarnation is one process: its node id plus a boot id drawn at start
 (:func:`new_incarnation`). Each node refreshes its incarnation's ``alive`` key
 every ``heartbeat_interval``; the key expires ``ttl`` seconds after the last
-refresh. Once per tick, the node holding the sweep lease (see jobs.py) looks for
+refresh. Once per tick, the node holding the sweep lease (lease.py) looks for
 registered incarnations whose key is gone, removes their presence entries and
 announces a ``leave`` for each — once, since only one node sweeps at a time and
 HDEL decides who removed an entry. A node killed with SIGKILL is thus gone from
@@ -21,11 +21,11 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.lease import RedisLease, run_once_periodically
 from tidings.server.cluster.presence import Member, Presence
-from tidings.server.jobs.queue import Lease, run_once_periodically
+from tidings.server.cluster.redis_errors import REDIS_ERRORS
 
 __all__ = ["NodeLiveness", "new_incarnation"]
 
@@ -74,12 +74,12 @@ class NodeLiveness:
         self.ttl = ttl
         self.heartbeat_interval = heartbeat_interval
         self._tasks: list[asyncio.Task[None]] = []
-        self._sweep_lease = Lease(client, redis_keys.lease(key_prefix, "node-sweep"), ttl=max(ttl, 5.0))
+        self._sweep_lease = RedisLease(client, redis_keys.lease(key_prefix, "node-sweep"), ttl=max(ttl, 5.0))
 
     async def start(self) -> None:
         try:
             await self._beat(first=True)
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             logger.warning("first heartbeat of node %s failed: Redis unreachable; retrying", self.incarnation)
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -100,7 +100,7 @@ class NodeLiveness:
                 await task
         self._tasks = []
         # Let the survivors sweep whatever this node leaves behind right away, not after the TTL.
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._redis.delete(redis_keys.node_alive(self._prefix, self.incarnation))
 
     async def _beat(self, *, first: bool = False) -> None:
@@ -124,7 +124,7 @@ class NodeLiveness:
                 if failing:
                     logger.info("heartbeat of node %s restored", self.incarnation)
                     failing = False
-            except (RedisError, OSError):
+            except REDIS_ERRORS:
                 if not failing:
                     logger.warning("heartbeat of node %s failing: Redis unreachable", self.incarnation)
                     failing = True

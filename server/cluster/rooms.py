@@ -1,30 +1,28 @@
 """Rooms: public or private, and who may read a private one.
 
-The source of truth is Redis (or memory on a single node). Nodes keep a local
-cache of answers, and every node drops a room's cached answers the moment the
-room changes: the node that changes it publishes ``invalidate_room`` on the
-control channel (control.py), which is as reliable as publications: its messages
-have offsets and a gap is repaired from history. Cached answers also expire after
-``cache_ttl`` as a last safety net.
+The source of truth is a :class:`RoomDirectory`: Redis
+(:class:`~tidings.server.cluster.rooms_redis.RedisRooms`), or memory on a single
+node (:class:`~tidings.server.cluster.rooms_memory.InMemoryRooms`);
+tests/test_rooms_store.py runs the contract over both.
+
+Nodes keep a local cache of answers (:class:`CachedRooms`), and every node drops
+a room's cached answers the moment the room changes: the node that changes it
+publishes ``invalidate_room`` on the control channel (control.py), which is as
+reliable as publications: its messages have offsets and a gap is repaired from
+history. Cached answers also expire after ``cache_ttl`` as a last safety net.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Protocol
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from tidings.server.cluster.backplane import BackplaneUnavailable
-from tidings.server.cluster.backplane import keys as redis_keys
-
-__all__ = ["CachedRooms", "InMemoryRooms", "RedisRooms", "RoomDirectory"]
+__all__ = ["CachedRooms", "RoomDirectory"]
 
 
 class RoomDirectory(Protocol):
-    """Room settings and private-room membership. Errors raise BackplaneUnavailable."""
+    """Room settings and private-room membership. Errors raise StoreUnavailable."""
 
     async def create(self, room: str, *, private: bool) -> None: ...
 
@@ -35,61 +33,6 @@ class RoomDirectory(Protocol):
     async def is_private(self, room: str) -> bool: ...
 
     async def is_member(self, room: str, user: str) -> bool: ...
-
-
-class InMemoryRooms:
-    def __init__(self) -> None:
-        self._private: set[str] = set()
-        self._members: dict[str, set[str]] = {}
-
-    async def create(self, room: str, *, private: bool) -> None:
-        if private:
-            self._private.add(room)
-        else:
-            self._private.discard(room)
-
-    async def add_member(self, room: str, user: str) -> None:
-        self._members.setdefault(room, set()).add(user)
-
-    async def remove_member(self, room: str, user: str) -> None:
-        self._members.get(room, set()).discard(user)
-
-    async def is_private(self, room: str) -> bool:
-        return room in self._private
-
-    async def is_member(self, room: str, user: str) -> bool:
-        return user in self._members.get(room, set())
-
-
-class RedisRooms:
-    """Rooms in Redis: a settings hash and a member set per room (hash-tagged like the room's channel)."""
-
-    def __init__(self, client: aioredis.Redis, *, key_prefix: str) -> None:
-        self._redis = client
-        self._prefix = key_prefix
-
-    async def create(self, room: str, *, private: bool) -> None:
-        await self._call(self._redis.hset(redis_keys.room(self._prefix, room), "private", int(private)))
-
-    async def add_member(self, room: str, user: str) -> None:
-        await self._call(self._redis.sadd(redis_keys.room_members(self._prefix, room), user))
-
-    async def remove_member(self, room: str, user: str) -> None:
-        await self._call(self._redis.srem(redis_keys.room_members(self._prefix, room), user))
-
-    async def is_private(self, room: str) -> bool:
-        value = await self._call(self._redis.hget(redis_keys.room(self._prefix, room), "private"))
-        return value in (b"1", "1")
-
-    async def is_member(self, room: str, user: str) -> bool:
-        found = await self._call(self._redis.sismember(redis_keys.room_members(self._prefix, room), user))
-        return bool(found)
-
-    async def _call(self, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
-            raise BackplaneUnavailable("room directory unavailable") from exc
 
 
 class CachedRooms:

@@ -22,12 +22,13 @@ from typing import Any
 import jwt
 
 from tidings.server.channels import check_user
+from tidings.server.errors import TidingsError
 from tidings.server.gateway.protocol import ProtocolError
 
 __all__ = ["AuthError", "Principal", "TokenVerifier", "check_api_key", "issue_token"]
 
 
-class AuthError(Exception):
+class AuthError(TidingsError):
     """A token was rejected; the message is safe to show the client."""
 
 

@@ -16,11 +16,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tidings.server.channels import Channel
-from tidings.server.cluster.backplane import Backplane, BackplaneUnavailable, HistoryPage, Publication, Sender
+from tidings.server.cluster.backplane import Backplane, HistoryPage, Publication, Sender
 from tidings.server.cluster.presence import Member
 from tidings.server.cluster.presence import Presence as PresenceStore
 from tidings.server.cluster.rooms import CachedRooms
 from tidings.server.config import Settings
+from tidings.server.errors import StoreUnavailable
 from tidings.server.gateway.auth import AuthError, TokenVerifier
 from tidings.server.gateway.client_commands import (
     Command,
@@ -196,7 +197,7 @@ class CommandRunner:
     def _reply_error(self, connection: Connection, command: Command, exc: Exception) -> None:
         if isinstance(exc, ProtocolError):
             connection.send(error_reply(command.id, exc.code, exc.message))
-        elif isinstance(exc, BackplaneUnavailable):
+        elif isinstance(exc, StoreUnavailable):
             connection.send(error_reply(command.id, ERR_BACKPLANE, "backplane unavailable", temporary=True))
         else:
             logger.error("command %s failed on connection %s", command.op, connection.client_id, exc_info=exc)
@@ -310,7 +311,7 @@ class CommandRunner:
         for channel in list(connection.session.channels.values()):
             try:
                 await self.drop_subscription(connection, channel)
-            except BackplaneUnavailable:
+            except StoreUnavailable:
                 # The hub let go of it; a presence entry left in Redis goes with the dead-node sweep.
                 await self.hub.unsubscribe(channel.text, connection)
         connection.session.reset()
@@ -446,7 +447,7 @@ class CommandRunner:
         for channel in list(connection.session.channels.values()):
             try:
                 await self.drop_subscription(connection, channel)
-            except BackplaneUnavailable:
+            except StoreUnavailable:
                 # The entries stay in Redis; the dead-node sweep or the next heartbeat fixes presence.
                 logger.warning(
                     "could not clean up %s of %s: backplane unavailable", channel, connection.client_id

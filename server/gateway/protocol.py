@@ -22,6 +22,8 @@ from typing import Any, Final, TypeAlias, TypeGuard
 
 import msgpack
 
+from tidings.server.errors import TidingsError
+
 __all__ = [
     "CLOSE_FORBIDDEN",
     "CLOSE_NODE_SHUTDOWN",
@@ -89,7 +91,7 @@ def close_reconnects(code: int) -> bool:
     return not 4500 <= code <= 4999
 
 
-class ProtocolError(Exception):
+class ProtocolError(TidingsError):
     """Input that breaks the protocol.
 
     Exactly one of ``code`` (an error reply; the connection goes on) and

@@ -25,8 +25,12 @@ from tidings.server.cluster.backplane.memory import InMemoryBackplane
 from tidings.server.cluster.control import ControlPlane
 from tidings.server.cluster.liveness import NodeLiveness, new_incarnation
 from tidings.server.cluster.metrics import backplane_metrics
-from tidings.server.cluster.presence import InMemoryPresence, Presence, RedisPresence
-from tidings.server.cluster.rooms import CachedRooms, InMemoryRooms, RedisRooms
+from tidings.server.cluster.presence import Presence
+from tidings.server.cluster.presence_memory import InMemoryPresence
+from tidings.server.cluster.presence_redis import RedisPresence
+from tidings.server.cluster.rooms import CachedRooms
+from tidings.server.cluster.rooms_memory import InMemoryRooms
+from tidings.server.cluster.rooms_redis import RedisRooms
 from tidings.server.config import ConfigError, Secret, Settings
 from tidings.server.gateway.auth import TokenVerifier
 from tidings.server.gateway.commands import CommandRunner

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tidings.server.channels import Channel, check_user
-from tidings.server.cluster.backplane import BackplaneUnavailable
+from tidings.server.errors import StoreUnavailable, TidingsError
 from tidings.server.gateway.auth import check_api_key, issue_token
 from tidings.server.gateway.commands import history_result, presence_result
 from tidings.server.gateway.protocol import (
@@ -42,7 +42,7 @@ logger = logging.getLogger("tidings.api")
 MAX_BODY_SIZE = 1024 * 1024
 
 
-class ApiError(Exception):
+class ApiError(TidingsError):
     """An HTTP error with a message that is safe to return."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -80,7 +80,7 @@ def endpoint(handler: Handler, *, authenticated: bool = True) -> Callable[[Reque
             return error_response(exc.status, exc.message)
         except ProtocolError as exc:
             return error_response(exc.code, exc.message)
-        except BackplaneUnavailable:
+        except StoreUnavailable:
             return error_response(503, "backplane unavailable")
         except Exception:
             logger.exception("%s %s failed", request.method, request.url.path)

@@ -2,7 +2,7 @@
 
 The first half of this module is pure (the notification, request validation,
 the pushes); :class:`Notifier` does the work over a NotificationStore
-(notification_store.py), a JobQueue (jobs.py) and the backplane, and
+(store.py), the producer side of a JobQueue (jobs/queue.py) and the backplane, and
 :func:`start_notifications` wires them into a node.
 
 Delivery (DESIGN.md, Guarantees 5 and 6):
@@ -34,12 +34,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tidings.server.channels import Channel, check_user
 from tidings.server.cluster.backplane import Backplane, BackplaneUnavailable
+from tidings.server.cluster.lease import Lease, LocalLease, RedisLease
 from tidings.server.gateway.protocol import ProtocolError, check_data
-from tidings.server.jobs.queue import Job, JobQueue, JobWorker, Lease, LocalLease
+from tidings.server.jobs.queue import Job, JobCheckpoints, JobProducer, JobQueue
+from tidings.server.jobs.worker import JobWorker
 from tidings.server.notify.store import SCAN_DONE, NotificationStore
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ __all__ = [
     "NOTIFY_JOB",
     "SEVERITIES",
     "Audience",
+    "FanOutJobs",
     "Notification",
     "Notifier",
     "NotifyRequest",
@@ -288,13 +291,17 @@ def unread_push(unread: int) -> dict[str, Any]:
 # --- the service ------------------------------------------------------------------------------------
 
 
+class FanOutJobs(JobProducer, JobCheckpoints, Protocol):
+    """What the notifier needs of the job queue: enqueue fan-outs, and checkpoint them while they run."""
+
+
 class Notifier:
     """Notifies users through their inboxes and their personal channels (guarantees: module docstring)."""
 
     def __init__(
         self,
         store: NotificationStore,
-        jobs: JobQueue,
+        jobs: FanOutJobs,
         backplane: Backplane,
         *,
         batch_size: int = 500,
@@ -317,7 +324,7 @@ class Notifier:
             ``{id, recipients}`` (plus ``deliver_at`` when scheduled, ``duplicate`` for a repeated dedupe_key).
 
         Raises:
-            BackplaneUnavailable: nothing is acknowledged; the caller may retry (with the same dedupe_key).
+            StoreUnavailable: nothing is acknowledged; the caller may retry (with the same dedupe_key).
         """
         now = time.time() if now is None else now
         deliver_at = (
@@ -461,12 +468,14 @@ async def start_notifications(
 
     ``stack`` stops the worker (handing its running jobs back to the queue).
     """
-    from tidings.server.jobs.queue_stores import InMemoryJobQueue, RedisJobQueue
-    from tidings.server.notify.store import InMemoryNotificationStore, RedisNotificationStore
+    from tidings.server.jobs.queue_memory import InMemoryJobQueue
+    from tidings.server.jobs.queue_redis import RedisJobQueue
+    from tidings.server.notify.store_memory import InMemoryNotificationStore
+    from tidings.server.notify.store_redis import RedisNotificationStore
 
     store: NotificationStore
     jobs: JobQueue
-    lease: Lease | LocalLease
+    lease: Lease
     if redis_client is None:
         store = InMemoryNotificationStore(inbox_size=settings.inbox_size, inbox_ttl=settings.inbox_ttl)
         jobs = InMemoryJobQueue()
@@ -483,7 +492,7 @@ async def start_notifications(
 
         # Released after every tick; the TTL only matters when the holder dies mid-tick (then due jobs
         # wait at most this long).
-        lease = Lease(redis_client, redis_keys.lease(settings.key_prefix, "job-promote"), ttl=2.0)
+        lease = RedisLease(redis_client, redis_keys.lease(settings.key_prefix, "job-promote"), ttl=2.0)
     notifier = Notifier(
         store,
         jobs,

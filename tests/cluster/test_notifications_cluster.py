@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from tidings.client import Connection
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.gateway.auth import issue_token
-from tidings.server.jobs.queue_stores import RedisJobQueue
+from tidings.server.jobs.queue_redis import RedisJobQueue
 
 from ..support.cluster import Cluster, NodeProcess, start_cluster
 from ..support.node import API_KEY, SECRET

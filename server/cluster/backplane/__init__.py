@@ -7,7 +7,9 @@ cluster.
 
 Errors:
     BackplaneUnavailable
-        the backplane cannot be reached; the caller answers 503 (temporary).
+        the backplane cannot be reached; the caller answers 503 (temporary). A
+        :class:`~tidings.server.errors.StoreUnavailable` (the hierarchy: errors.py),
+        re-exported here for the backplane's callers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tidings.server.channels import SYSTEM_PREFIX, PublicationKind, namespace_of
+from tidings.server.errors import BackplaneUnavailable
 from tidings.server.gateway.protocol import StreamPosition
 
 __all__ = [
@@ -37,10 +40,6 @@ __all__ = [
 HISTORY_OVERHEAD = 96
 """Bytes counted per publication besides its payload when a history read is bounded by ``max_bytes``
 (channel, epoch, offset, ts and punctuation around it in a reply; history.lua counts the same)."""
-
-
-class BackplaneUnavailable(Exception):
-    """The backplane (Redis) cannot be reached right now; the operation may be retried."""
 
 
 @dataclass(frozen=True, slots=True)

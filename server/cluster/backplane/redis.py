@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.exceptions import RedisError
 
 from tidings.server.channels import namespace_of
 from tidings.server.cluster.backplane import (
@@ -66,8 +65,12 @@ from tidings.server.cluster.backplane.envelope import (
 from tidings.server.cluster.backplane.pipeline import CommandPipeline, Script
 from tidings.server.cluster.backplane.tracking import OffsetTracker, Verdict
 from tidings.server.cluster.backplane.watchdog import LinkWatchdog, push_as_is
+from tidings.server.cluster.redis_errors import REDIS_ERRORS
 
 __all__ = ["RedisBackplane"]
+
+# What ends a pub/sub link: Redis errors, or a reply the parser cannot read (ValueError).
+_LINK_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
 
 logger = logging.getLogger("tidings.backplane.redis")
 
@@ -394,7 +397,7 @@ class RedisBackplane:
                 commands += [(_SUBSCRIBE, *chunk) for chunk in _chunks(subscribe)]
                 if commands:
                     await link.send_packed_command(link.pack_commands(commands), False)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             # The reader notices the broken link as well; the next link resubscribes everything.
             logger.debug("writing to the pub/sub link failed: %r", exc)
         finally:
@@ -413,7 +416,7 @@ class RedisBackplane:
             try:
                 try:
                     await link.connect_check_health(check_health=False)
-                except (RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     if was_up is not False:
                         logger.warning(
                             "Redis unreachable (%s); node %s retries with backoff", exc, self.node_id
@@ -430,7 +433,7 @@ class RedisBackplane:
                 was_up, attempt = True, 0
                 try:
                     await self._serve_link(link)
-                except (RedisError, OSError, ValueError) as exc:
+                except _LINK_ERRORS as exc:
                     logger.warning("Redis pub/sub link lost (%s); node %s reconnects", exc, self.node_id)
                 except Exception:
                     logger.exception("the Redis pub/sub reader failed; node %s reconnects", self.node_id)

@@ -1,173 +1,33 @@
-"""The two JobQueue implementations (contract and guarantees: jobs.JobQueue).
+"""Jobs in Redis: the cluster :class:`~tidings.server.jobs.queue.JobQueue`.
 
-:class:`InMemoryJobQueue` serves a single node; :class:`RedisJobQueue` a
-cluster, on a Redis Streams consumer group with a delayed sorted set and a
-dead-letter stream (keys in backplane/keys.py, all tagged ``{jobs}`` so that
-every script runs on Redis Cluster).
+A Redis Streams consumer group with a delayed sorted set and a dead-letter
+stream (keys in backplane/keys.py, all tagged ``{jobs}`` so that every script
+runs on Redis Cluster).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import heapq
-import itertools
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from tidings.server.cluster.backplane import BackplaneUnavailable
 from tidings.server.cluster.backplane import keys as redis_keys
-from tidings.server.jobs.queue import Job, JobCounts, new_job_id
+from tidings.server.cluster.redis_errors import redis_errors
+from tidings.server.errors import StoreUnavailable
+from tidings.server.jobs.queue import DEAD_LETTERS_KEPT, Job, JobCounts, new_job_id
 
-__all__ = ["DEAD_LETTERS_KEPT", "InMemoryJobQueue", "RedisJobQueue"]
+__all__ = ["RedisJobQueue"]
+
+PROGRESS_TTL = 7 * 86400.0  # seconds a job's checkpoint outlives its last update
 
 
 def _text(value: str | bytes) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
-
-DEAD_LETTERS_KEPT = 10_000  # the dead-letter stream is trimmed to about this many entries
-PROGRESS_TTL = 7 * 86400.0  # seconds a job's checkpoint outlives its last update
-
-
-@dataclass(slots=True)
-class _Taken:
-    job: Job
-    consumer: str
-    touched: float
-    deliveries: int = 1
-
-
-class InMemoryJobQueue:
-    """The JobQueue contract within one process (single node, and tests)."""
-
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._ready: deque[Job] = deque()
-        self._taken: dict[str, _Taken] = {}
-        self._delayed: list[tuple[float, int, Job]] = []
-        self._dead: deque[Job] = deque(maxlen=DEAD_LETTERS_KEPT)
-        self._counters: Counter[str] = Counter()
-        self._progress: dict[str, str] = {}
-        self._entries = itertools.count(1)
-        self._wakeup = asyncio.Event()
-
-    def _push(self, job: Job) -> None:
-        self._ready.append(replace(job, entry=f"{next(self._entries)}-0"))
-        self._wakeup.set()
-
-    async def enqueue(self, kind: str, payload: dict[str, Any], *, run_at: float | None = None) -> str:
-        job = Job(new_job_id(), kind, payload, 0, self._clock())
-        self._counters["enqueued"] += 1
-        if run_at is not None and run_at > self._clock():
-            heapq.heappush(self._delayed, (run_at, next(self._entries), job))
-        else:
-            self._push(job)
-        return job.id
-
-    async def take(self, consumer: str, count: int, *, block: float) -> list[Job]:
-        if not self._ready:
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), block)
-        jobs: list[Job] = []
-        while self._ready and len(jobs) < count:
-            job = self._ready.popleft()
-            self._taken[job.entry] = _Taken(job, consumer, self._clock())
-            jobs.append(job)
-        return jobs
-
-    async def reclaim(self, consumer: str, *, min_idle: float, count: int, max_deliveries: int) -> list[Job]:
-        now = self._clock()
-        jobs: list[Job] = []
-        for entry, taken in list(self._taken.items()):
-            if len(jobs) >= count:
-                break
-            if now - taken.touched < min_idle:
-                continue
-            taken.deliveries += 1
-            if taken.deliveries > max_deliveries:
-                del self._taken[entry]
-                self._bury(taken.job, f"lost {taken.deliveries - 1} times (its node died or stalled)")
-                continue
-            taken.consumer, taken.touched = consumer, now
-            jobs.append(taken.job)
-        return jobs
-
-    async def touch(self, job: Job, consumer: str) -> bool:
-        taken = self._taken.get(job.entry)
-        if taken is None or taken.consumer != consumer:
-            return False
-        taken.touched = self._clock()
-        return True
-
-    async def complete(self, job: Job) -> bool:
-        if self._taken.pop(job.entry, None) is None:
-            return False
-        self._counters["done"] += 1
-        self._progress.pop(job.id, None)
-        return True
-
-    async def retry(self, job: Job, error: str, *, run_at: float) -> bool:
-        if self._taken.pop(job.entry, None) is None:
-            return False
-        self._counters["failed"] += 1
-        again = replace(job, attempts=job.attempts + 1, entry="", error=None)
-        heapq.heappush(self._delayed, (run_at, next(self._entries), again))
-        return True
-
-    async def bury(self, job: Job, error: str) -> bool:
-        if self._taken.pop(job.entry, None) is None:
-            return False
-        self._bury(job, error)
-        return True
-
-    def _bury(self, job: Job, error: str) -> None:
-        self._counters["failed"] += 1
-        self._counters["dead"] += 1
-        self._progress.pop(job.id, None)
-        self._dead.append(replace(job, error=error))
-
-    async def release(self, job: Job) -> bool:
-        if self._taken.pop(job.entry, None) is None:
-            return False
-        self._push(job)
-        return True
-
-    async def promote(self) -> int:
-        now, moved = self._clock(), 0
-        while self._delayed and self._delayed[0][0] <= now:
-            self._push(heapq.heappop(self._delayed)[2])
-            moved += 1
-        return moved
-
-    async def counts(self) -> JobCounts:
-        return JobCounts(
-            pending=len(self._ready),
-            running=len(self._taken),
-            delayed=len(self._delayed),
-            done=self._counters["done"],
-            failed=self._counters["failed"],
-            dead=self._counters["dead"],
-        )
-
-    async def dead_letters(self, limit: int = 100) -> list[Job]:
-        return list(reversed(self._dead))[:limit]
-
-    async def load_progress(self, job_id: str) -> str | None:
-        return self._progress.get(job_id)
-
-    async def save_progress(self, job_id: str, value: str) -> None:
-        self._progress[job_id] = value
-
-
-# --- Redis ------------------------------------------------------------------------------------------
 
 # Every script acknowledges first and acts only if XACK removed the entry from the pending list, so a
 # job finished (or failed) by two nodes (one presumed dead) is counted and moved once.
@@ -260,7 +120,7 @@ return jobs
 
 
 class RedisJobQueue:
-    """The JobQueue contract on a Redis Streams consumer group (see the module docstring).
+    """The JobQueue contract on a Redis Streams consumer group.
 
     Keys (keys.py, all tagged ``{jobs}``): the job stream with its consumer group,
     the delayed sorted set (score: when to run), the dead-letter stream, a counts
@@ -303,7 +163,7 @@ class RedisJobQueue:
 
     async def enqueue(self, kind: str, payload: dict[str, Any], *, run_at: float | None = None) -> str:
         job = Job(new_job_id(), kind, payload, 0, self._clock())
-        try:
+        with redis_errors("enqueue failed"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 if run_at is not None and run_at > self._clock():
                     pipe.zadd(self._delayed, {job.dumps(): run_at})
@@ -311,22 +171,21 @@ class RedisJobQueue:
                     pipe.xadd(self._stream, {"job": job.dumps()})
                 pipe.hincrby(self._counts, "enqueued", 1)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise BackplaneUnavailable("enqueue failed") from exc
         return job.id
 
     async def take(self, consumer: str, count: int, *, block: float) -> list[Job]:
-        if not self._group_ready:
-            await self._ensure_group()
-        try:
-            reply = await self._redis.xreadgroup(
-                self.GROUP, consumer, {self._stream: ">"}, count=count, block=max(1, int(block * 1000))
-            )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was lost (e.g. Redis restarted without persistence)
-                self._group_ready = False
-                return []
-            raise
+        with redis_errors("taking jobs failed"):
+            if not self._group_ready:
+                await self._ensure_group()
+            try:
+                reply = await self._redis.xreadgroup(
+                    self.GROUP, consumer, {self._stream: ">"}, count=count, block=max(1, int(block * 1000))
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was lost (e.g. Redis restarted without persistence)
+                    self._group_ready = False
+                    return []
+                raise
         # RESP2 answers [[stream, entries]], RESP3 {stream: entries}.
         streams: Any = reply.values() if isinstance(reply, dict) else [e for _, e in reply or ()]
         return [self._decode_entry(entry_id, fields) for entries in streams for entry_id, fields in entries]
@@ -338,18 +197,26 @@ class RedisJobQueue:
         return Job.loads(raw, entry=_text(entry_id), error=None if error is None else _text(error))
 
     async def reclaim(self, consumer: str, *, min_idle: float, count: int, max_deliveries: int) -> list[Job]:
-        if not self._group_ready:
-            await self._ensure_group()
-        try:
-            entries: Any = await self._reclaim(
-                keys=[self._stream, self._counts, self._dead],
-                args=[self.GROUP, consumer, int(min_idle * 1000), count, max_deliveries, DEAD_LETTERS_KEPT],
-            )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was lost; take() creates the group again
-                self._group_ready = False
-                return []
-            raise
+        with redis_errors("reclaiming jobs failed"):
+            if not self._group_ready:
+                await self._ensure_group()
+            try:
+                entries: Any = await self._reclaim(
+                    keys=[self._stream, self._counts, self._dead],
+                    args=[
+                        self.GROUP,
+                        consumer,
+                        int(min_idle * 1000),
+                        count,
+                        max_deliveries,
+                        DEAD_LETTERS_KEPT,
+                    ],
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was lost; take() creates the group again
+                    self._group_ready = False
+                    return []
+                raise
         jobs = []
         for entry_id, flat in entries:
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -357,54 +224,58 @@ class RedisJobQueue:
         return jobs
 
     async def touch(self, job: Job, consumer: str) -> bool:
-        try:
-            return bool(await self._touch(keys=[self._stream], args=[self.GROUP, consumer, job.entry]))
-        except ResponseError:  # NOGROUP: the stream is gone, and the job with it
-            return False
+        with redis_errors("touching a job failed"):
+            try:
+                return bool(await self._touch(keys=[self._stream], args=[self.GROUP, consumer, job.entry]))
+            except ResponseError:  # NOGROUP: the stream is gone, and the job with it
+                return False
 
     async def complete(self, job: Job) -> bool:
-        return bool(
-            await self._complete(
-                keys=[self._stream, self._counts, self._progress(job.id)], args=[self.GROUP, job.entry]
+        with redis_errors("completing a job failed"):
+            return bool(
+                await self._complete(
+                    keys=[self._stream, self._counts, self._progress(job.id)], args=[self.GROUP, job.entry]
+                )
             )
-        )
 
     async def retry(self, job: Job, error: str, *, run_at: float) -> bool:
         again = replace(job, attempts=job.attempts + 1)
-        return bool(
-            await self._retry(
-                keys=[self._stream, self._counts, self._delayed],
-                args=[self.GROUP, job.entry, again.dumps(), run_at],
+        with redis_errors("retrying a job failed"):
+            return bool(
+                await self._retry(
+                    keys=[self._stream, self._counts, self._delayed],
+                    args=[self.GROUP, job.entry, again.dumps(), run_at],
+                )
             )
-        )
 
     async def bury(self, job: Job, error: str) -> bool:
-        return bool(
-            await self._bury(
-                keys=[self._stream, self._counts, self._dead, self._progress(job.id)],
-                args=[self.GROUP, job.entry, job.dumps(), error[:500], DEAD_LETTERS_KEPT],
+        with redis_errors("dead-lettering a job failed"):
+            return bool(
+                await self._bury(
+                    keys=[self._stream, self._counts, self._dead, self._progress(job.id)],
+                    args=[self.GROUP, job.entry, job.dumps(), error[:500], DEAD_LETTERS_KEPT],
+                )
             )
-        )
 
     async def release(self, job: Job) -> bool:
-        return bool(await self._release(keys=[self._stream], args=[self.GROUP, job.entry, job.dumps()]))
+        with redis_errors("releasing a job failed"):
+            return bool(await self._release(keys=[self._stream], args=[self.GROUP, job.entry, job.dumps()]))
 
     async def promote(self) -> int:
-        return int(await self._promote(keys=[self._delayed, self._stream], args=[self._clock(), 100]))
+        with redis_errors("promoting due jobs failed"):
+            return int(await self._promote(keys=[self._delayed, self._stream], args=[self._clock(), 100]))
 
     async def counts(self) -> JobCounts:
-        try:
+        with redis_errors("job counts unavailable"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.xlen(self._stream)
                 pipe.xpending(self._stream, self.GROUP)
                 pipe.zcard(self._delayed)
                 pipe.hgetall(self._counts)
                 queued, pending, delayed, counters = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            raise BackplaneUnavailable("job counts unavailable") from exc
         for value in (queued, delayed, counters):
             if isinstance(value, Exception):
-                raise BackplaneUnavailable("job counts unavailable") from value
+                raise StoreUnavailable("job counts unavailable") from value
         running = 0 if isinstance(pending, Exception) else int(pending["pending"])  # no group yet: none
         numbers = {_text(k): int(v) for k, v in counters.items()}
         return JobCounts(
@@ -417,15 +288,15 @@ class RedisJobQueue:
         )
 
     async def dead_letters(self, limit: int = 100) -> list[Job]:
-        try:
+        with redis_errors("dead letters unavailable"):
             entries: Any = await self._redis.xrevrange(self._dead, count=limit)
-        except (RedisError, OSError) as exc:
-            raise BackplaneUnavailable("dead letters unavailable") from exc
         return [self._decode_entry(entry_id, fields) for entry_id, fields in entries]
 
     async def load_progress(self, job_id: str) -> str | None:
-        value = await self._redis.get(self._progress(job_id))
+        with redis_errors("reading job progress failed"):
+            value = await self._redis.get(self._progress(job_id))
         return None if value is None else _text(value)
 
     async def save_progress(self, job_id: str, value: str) -> None:
-        await self._redis.set(self._progress(job_id), value, ex=int(PROGRESS_TTL))
+        with redis_errors("saving job progress failed"):
+            await self._redis.set(self._progress(job_id), value, ex=int(PROGRESS_TTL))
