@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from tidings.server.cluster.rooms import CachedRooms, RoomDirectory, room_name
+from tidings.server.cluster.rooms import CachedRooms, RoomDirectory
 from tidings.server.cluster.rooms_memory import InMemoryRooms
 from tidings.server.cluster.rooms_redis import RedisRooms
 
@@ -83,11 +83,3 @@ async def test_the_cache_answers_like_its_directory(directory: RoomDirectory) ->
     await directory.remove_member("secret", "alice")
     cache.invalidate("secret")
     assert not await cache.may_access("secret", "alice")
-
-
-def test_room_name_is_the_part_after_room() -> None:
-    """room:<name> channels name a room; other channels none."""
-    assert room_name("room:hall") == "hall"
-    assert room_name("room:a:b") == "a:b"
-    assert room_name("user:alice") is None
-    assert room_name("broadcast") is None

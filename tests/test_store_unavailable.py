@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 import tidings.server.errors as errors_module
+from loadtest.processes import free_port
 from tidings.server.cluster import backplane
 from tidings.server.cluster.lease import RedisLease
 from tidings.server.cluster.presence import Member
@@ -32,8 +33,6 @@ from tidings.server.http.routes import ApiError
 from tidings.server.jobs.queue import Job
 from tidings.server.jobs.queue_redis import RedisJobQueue
 from tidings.server.notify.store_redis import RedisNotificationStore
-
-from .support.ports import free_port
 
 SERVER = Path(__file__).resolve().parent.parent / "server"
 
