@@ -142,6 +142,8 @@ class CommandRunner:
         verifier: TokenVerifier,
         presence: PresenceStore,
         rooms: CachedRooms,
+        *,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.backplane = backplane
@@ -149,7 +151,7 @@ class CommandRunner:
         self.verifier = verifier
         self.presence = presence
         self.rooms = rooms
-        self.notifier: Notifier | None = None  # set by app.start_node; None: notifications are off
+        self.notifier = notifier  # None: notifications are off on this node
         self.limits = ConnectionLimits(
             max_connections=settings.max_connections, max_user_connections=settings.max_user_connections
         )

@@ -3,7 +3,7 @@
 The first half of this module is pure (the notification, request validation,
 the pushes); :class:`Notifier` does the work over a NotificationStore
 (store.py), the producer side of a JobQueue (jobs/queue.py) and the backplane, and
-:func:`start_notifications` wires them into a node.
+``node.start_node`` wires them into a node.
 
 Delivery (DESIGN.md, Guarantees 5 and 6):
   * ``users``: the request returns once every inbox holds the notification.
@@ -25,7 +25,6 @@ Delivery (DESIGN.md, Guarantees 5 and 6):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -38,16 +37,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tidings.server.channels import Channel, check_user
 from tidings.server.cluster.backplane import Backplane, BackplaneUnavailable
-from tidings.server.cluster.lease import Lease, LocalLease, RedisLease
 from tidings.server.gateway.protocol import ProtocolError, check_data
-from tidings.server.jobs.queue import Job, JobCheckpoints, JobProducer, JobQueue
-from tidings.server.jobs.worker import JobWorker
+from tidings.server.jobs.queue import Job, JobCheckpoints, JobProducer
 from tidings.server.notify.store import SCAN_DONE, NotificationStore
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
-    from tidings.server.config import Settings
+    pass
 
 __all__ = [
     "MAX_DATA_SIZE",
@@ -63,7 +58,6 @@ __all__ = [
     "notification_push",
     "parse_notify_request",
     "parse_time",
-    "start_notifications",
     "unread_push",
 ]
 
@@ -456,64 +450,3 @@ class Notifier:
     async def check_in(self, user: str) -> int:
         """A connection of ``user`` opened: remember the user (audience of ``all``); return its unread count."""
         return await self.store.check_in(user)
-
-
-async def start_notifications(
-    settings: Settings,
-    redis_client: aioredis.Redis | None,
-    backplane: Backplane,
-    stack: contextlib.AsyncExitStack,
-) -> tuple[Notifier, JobQueue, JobWorker | None]:
-    """Build the node's notifier and job queue, and start its job worker unless ``settings.jobs`` is off.
-
-    ``stack`` stops the worker (handing its running jobs back to the queue).
-    """
-    from tidings.server.jobs.queue_memory import InMemoryJobQueue
-    from tidings.server.jobs.queue_redis import RedisJobQueue
-    from tidings.server.notify.store_memory import InMemoryNotificationStore
-    from tidings.server.notify.store_redis import RedisNotificationStore
-
-    store: NotificationStore
-    jobs: JobQueue
-    lease: Lease
-    if redis_client is None:
-        store = InMemoryNotificationStore(inbox_size=settings.inbox_size, inbox_ttl=settings.inbox_ttl)
-        jobs = InMemoryJobQueue()
-        lease = LocalLease()
-    else:
-        store = RedisNotificationStore(
-            redis_client,
-            key_prefix=settings.key_prefix,
-            inbox_size=settings.inbox_size,
-            inbox_ttl=settings.inbox_ttl,
-        )
-        jobs = RedisJobQueue(redis_client, key_prefix=settings.key_prefix)
-        from tidings.server.cluster.backplane import keys as redis_keys
-
-        # Released after every tick; the TTL only matters when the holder dies mid-tick (then due jobs
-        # wait at most this long).
-        lease = RedisLease(redis_client, redis_keys.lease(settings.key_prefix, "job-promote"), ttl=2.0)
-    notifier = Notifier(
-        store,
-        jobs,
-        backplane,
-        batch_size=settings.fanout_batch_size,
-        batch_interval=settings.fanout_batch_interval,
-    )
-    if not settings.jobs:
-        logger.info(
-            "jobs are off on node %s (TIDINGS_JOBS=off): it enqueues but never runs them", settings.node_id
-        )
-        return notifier, jobs, None
-    worker = JobWorker(
-        jobs,
-        {NOTIFY_JOB: notifier.run_job},
-        consumer=settings.node_id,
-        lease=lease,
-        visibility_timeout=settings.job_visibility_timeout,
-        max_attempts=settings.job_max_attempts,
-        retry_backoff=settings.job_retry_backoff,
-    )
-    await worker.start()
-    stack.push_async_callback(worker.stop)
-    return notifier, jobs, worker
