@@ -111,16 +111,7 @@ async def start_node(
     await control.start()
     job_worker = await _start_job_worker(settings, notifier, job_queue, promote_lease, stack)
     if redis_client is not None:
-        liveness = NodeLiveness(
-            redis_client,
-            presence,
-            key_prefix=settings.key_prefix,
-            incarnation=incarnation,
-            announce_leave=runner.announce_leave,
-            on_revived=runner.readd_presence,
-        )
-        await liveness.start()
-        stack.push_async_callback(liveness.stop)
+        await _start_liveness(settings, redis_client, presence, incarnation, runner, stack)
     state: NodeState = {
         "settings": settings,
         "backplane": node_backplane,
@@ -217,6 +208,27 @@ async def _start_job_worker(
     await worker.start()
     stack.push_async_callback(worker.stop)
     return worker
+
+
+async def _start_liveness(
+    settings: Settings,
+    client: aioredis.Redis,
+    presence: Presence,
+    incarnation: str,
+    runner: CommandRunner,
+    stack: contextlib.AsyncExitStack,
+) -> None:
+    """This process's heartbeat, and its share of sweeping dead ones out of presence."""
+    liveness = NodeLiveness(
+        client,
+        presence,
+        key_prefix=settings.key_prefix,
+        incarnation=incarnation,
+        announce_leave=runner.announce_leave,
+        on_revived=runner.readd_presence,
+    )
+    await liveness.start()
+    stack.push_async_callback(liveness.stop)
 
 
 def _register_metrics(state: NodeState) -> None:

@@ -26,7 +26,8 @@ from tidings.server.cluster.backplane import (
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.backplane.envelope import encode_payload
 from tidings.server.cluster.backplane.memory import InMemoryBackplane
-from tidings.server.cluster.backplane.redis import PUBLISH_SCRIPT, RedisBackplane
+from tidings.server.cluster.backplane.redis import RedisBackplane
+from tidings.server.cluster.backplane.streams import PUBLISH_SCRIPT
 from tidings.server.devcluster.valkey import ValkeyServer
 
 from .support.timing import UNIT, wait_until

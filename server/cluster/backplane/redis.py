@@ -30,22 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import random
-import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-from tidings.server.channels import namespace_of
 from tidings.server.cluster.backplane import (
-    HISTORY_OVERHEAD,
     BackplaneUnavailable,
     HistoryPage,
     HistoryPolicy,
@@ -57,12 +51,11 @@ from tidings.server.cluster.backplane import (
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.backplane.envelope import (
     decode_publication,
-    encode_payload,
-    ephemeral_envelope,
-    offset_of_entry_id,
     split_envelope,
 )
-from tidings.server.cluster.backplane.pipeline import CommandPipeline, Script
+from tidings.server.cluster.backplane.pipeline import CommandPipeline
+from tidings.server.cluster.backplane.repair import GapRepair
+from tidings.server.cluster.backplane.streams import ChannelStreams
 from tidings.server.cluster.backplane.tracking import OffsetTracker, Verdict
 from tidings.server.cluster.backplane.watchdog import LinkWatchdog, push_as_is
 from tidings.server.cluster.redis_errors import REDIS_ERRORS
@@ -74,14 +67,9 @@ _LINK_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
 
 logger = logging.getLogger("tidings.backplane.redis")
 
-PUBLISH_SCRIPT = Script(Path(__file__).with_name("publish.lua").read_text())
-HISTORY_SCRIPT = Script(Path(__file__).with_name("history.lua").read_text())
 
 _SUBSCRIBE, _UNSUBSCRIBE = "SUBSCRIBE", "UNSUBSCRIBE"
 _MAX_CHANNELS_PER_COMMAND = 1000
-_REPAIR_BATCH = 128  # channels read in one pipelined round trip while repairing
-_REPAIR_LIMIT = 1000  # publications read per channel per round trip
-_REPAIR_BYTES = 256 * 1024  # and about this many bytes of them: a batch of channels stays bounded in memory
 
 
 @dataclass(slots=True, eq=False)
@@ -130,8 +118,6 @@ class RedisBackplane:
     ) -> None:
         self.node_id = node_id
         self._prefix = key_prefix
-        self._policies = dict(policies or {})
-        self._default_policy = self._policies.get("", HistoryPolicy())
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
         self._health_interval = health_interval
@@ -143,8 +129,7 @@ class RedisBackplane:
         self._pipeline = CommandPipeline(
             self._new_connection("commands", timed=False), timeout=socket_timeout
         )
-        self._epoch_prefix = secrets.token_hex(3)
-        self._epoch_counter = itertools.count(1)
+        self._streams = ChannelStreams(self._pipeline, key_prefix=key_prefix, policies=policies or {})
         self._handler: PublicationHandler | None = None
         self._channels: dict[str, _Channel] = {}
         self._pending: dict[str, str] = {}  # channel → SUBSCRIBE | UNSUBSCRIBE, not written yet
@@ -153,13 +138,18 @@ class RedisBackplane:
         self._link_generation = 0  # bumped on every loss: history reads of an older link are stale
         self._link_task: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._repairs: dict[str, None] = {}  # channels waiting for a history read, in order
-        self._repair_task: asyncio.Task[None] | None = None
+        self._repair = GapRepair(
+            lambda channel, after, limit, max_bytes: self._streams.read(
+                channel, after=after, limit=limit, max_bytes=max_bytes
+            ),
+            self._channels.get,
+            self._deliver,
+            self._backoff,
+            lambda: self._link_generation,
+        )
         self._link_up = asyncio.Event()
         self._closed = False
         self.link_reconnects = 0  # times the link came back after a loss (for tests and /metrics)
-        self.repaired = 0  # publications handed on from history because pub/sub missed them
-        self.gap_repairs = 0  # history reads that closed (part of) a gap (metrics.CountsGapRepairs)
 
     def _new_connection(self, role: str, *, timed: bool = True) -> AbstractConnection:
         """A dedicated connection; ``timed=False``: no per-call socket timeout (the caller bounds its waits)."""
@@ -185,12 +175,13 @@ class RedisBackplane:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._link_task, self._sender, self._repair_task):
+        await self._repair.close()
+        for task in (self._link_task, self._sender):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._link_task = self._sender = self._repair_task = None
+        self._link_task = self._sender = None
         for state in self._channels.values():
             self._fail(state)
         self._channels.clear()
@@ -199,35 +190,25 @@ class RedisBackplane:
         await self._pool.disconnect()
 
     @property
+    def repaired(self) -> int:
+        """Publications handed on from history because pub/sub missed them (metrics.CountsLinkRecoveries)."""
+        return self._repair.repaired
+
+    @property
+    def gap_repairs(self) -> int:
+        """History reads that closed (part of) a gap (metrics.CountsGapRepairs)."""
+        return self._repair.gap_repairs
+
+    @property
     def ready(self) -> bool:
         return self._link_up.is_set()
 
     # --- publishing and reading ----------------------------------------------------------------------
 
-    def _policy(self, channel: str) -> HistoryPolicy:
-        return self._policies.get(namespace_of(channel), self._default_policy)
-
-    def _new_epoch(self) -> str:
-        return f"{self._epoch_prefix}{next(self._epoch_counter):x}"
-
     async def publish(
         self, channel: str, data: Any, *, sender: Sender | None = None, ephemeral: bool = False
     ) -> StreamPosition | None:
-        payload = encode_payload(data, sender, int(time.time() * 1000))
-        pubsub_name = redis_keys.channel_pubsub(self._prefix, channel)
-        if ephemeral:
-            await self._pipeline.call("PUBLISH", pubsub_name, ephemeral_envelope(payload))
-            return None
-        policy = self._policy(channel)
-        epoch, offset = await self._pipeline.evalsha(
-            PUBLISH_SCRIPT,
-            [
-                redis_keys.channel_meta(self._prefix, channel),
-                redis_keys.channel_stream(self._prefix, channel),
-            ],
-            [pubsub_name, payload, policy.size, _ttl_ms(policy), self._new_epoch()],
-        )
-        return StreamPosition(epoch.decode(), int(offset))
+        return await self._streams.publish(channel, data, sender=sender, ephemeral=ephemeral)
 
     async def history(
         self,
@@ -239,57 +220,14 @@ class RedisBackplane:
         before: int | None = None,
         max_bytes: int | None = None,
     ) -> HistoryPage:
-        return await self._read(
-            channel,
-            after=since.offset if since is not None else 0,
-            limit=limit,
-            reverse=reverse,
-            before=before,
-            max_bytes=max_bytes,
+        after = since.offset if since is not None else 0
+        return await self._streams.read(
+            channel, after=after, limit=limit, reverse=reverse, before=before, max_bytes=max_bytes
         )
 
     async def top(self, channel: str) -> StreamPosition:
-        page = await self._read(channel, after=0, limit=0, create=True)
+        page = await self._streams.read(channel, after=0, limit=0, create=True)
         return page.top
-
-    async def _read(
-        self,
-        channel: str,
-        *,
-        after: int,
-        limit: int,
-        reverse: bool = False,
-        before: int | None = None,
-        max_bytes: int | None = None,
-        create: bool = False,
-    ) -> HistoryPage:
-        policy = self._policy(channel)
-        epoch_raw, top, entries, more = await self._pipeline.evalsha(
-            HISTORY_SCRIPT,
-            [
-                redis_keys.channel_meta(self._prefix, channel),
-                redis_keys.channel_stream(self._prefix, channel),
-            ],
-            [
-                self._new_epoch(),
-                _ttl_ms(policy),
-                after,
-                limit,
-                int(reverse),
-                policy.size,
-                max_bytes or 0,
-                int(create),
-                before or 0,
-            ],
-        )
-        epoch = epoch_raw.decode()
-        publications = []
-        size = 0
-        for entry_id, fields in entries:
-            payload = _field(fields, b"p")
-            size += len(payload) + HISTORY_OVERHEAD
-            publications.append(decode_publication(channel, epoch, offset_of_entry_id(entry_id), payload))
-        return HistoryPage(StreamPosition(epoch, int(top)), publications, more=bool(more), size=size)
 
     # --- subscriptions -------------------------------------------------------------------------------
 
@@ -481,7 +419,7 @@ class RedisBackplane:
                 continue
             state.sent = state.confirmed = False
             state.track.link_lost()
-        self._repairs.clear()  # repaired after the new link confirms each channel
+        self._repair.clear()  # repaired after the new link confirms each channel
 
     def _on_response(self, response: Any) -> None:
         """One reply read from the link. Runs synchronously: parse and hand off, never wait."""
@@ -513,7 +451,7 @@ class RedisBackplane:
             state.changed.set()
         if state.synced and state.track.gapped:
             # Resubscribed after a lost link: whatever was published meanwhile is in the stream.
-            self._schedule_repair(channel)
+            self._repair.schedule(channel)
 
     def _on_publication(self, channel: str, state: _Channel, message: bytes) -> None:
         try:
@@ -532,7 +470,7 @@ class RedisBackplane:
                 self._hand_on(channel, epoch, offset, payload)
         elif verdict is Verdict.READ_GAP:
             logger.info("%s: offset jumped to %d; reading the gap from history", channel, offset)
-            self._schedule_repair(channel)
+            self._repair.schedule(channel)
 
     def _hand_on(self, channel: str, epoch: str, offset: int | None, payload: bytes) -> None:
         try:
@@ -549,89 +487,6 @@ class RedisBackplane:
             self._handler(publication)
         except Exception:
             logger.exception("the publication handler failed on %s", publication.channel)
-
-    # --- gap repair ----------------------------------------------------------------------------------
-
-    def _schedule_repair(self, channel: str) -> None:
-        self._repairs[channel] = None
-        if self._repair_task is None:
-            self._repair_task = asyncio.get_running_loop().create_task(self._run_repairs())
-
-    async def _run_repairs(self) -> None:
-        """Read gaps from history, a batch of channels per pipelined round trip, until none is left."""
-        attempt = 0
-        try:
-            while self._repairs and not self._closed:
-                batch = list(itertools.islice(self._repairs, _REPAIR_BATCH))
-                for channel in batch:
-                    del self._repairs[channel]
-                jobs = []
-                for channel in batch:
-                    state = self._channels.get(channel)
-                    if state is not None and state.track.gapped and state.confirmed:
-                        jobs.append((channel, state, state.track.read_request()))
-                generation = self._link_generation
-                pages = await asyncio.gather(
-                    *(
-                        self._read(channel, after=request[1], limit=_REPAIR_LIMIT, max_bytes=_REPAIR_BYTES)
-                        for channel, _, request in jobs
-                    ),
-                    return_exceptions=True,
-                )
-                if generation != self._link_generation:
-                    continue  # the link was lost meanwhile: the next one repairs after resubscribing
-                failed = False
-                for (channel, state, request), page in zip(jobs, pages, strict=True):
-                    if isinstance(page, HistoryPage):
-                        self._repair(channel, state, request, page)
-                        continue
-                    if isinstance(page, asyncio.CancelledError):
-                        raise page
-                    if not isinstance(page, BackplaneUnavailable):
-                        logger.error("reading the gap of %s failed: %r", channel, page)
-                    failed = True
-                    self._repairs[channel] = None
-                if failed:
-                    await asyncio.sleep(self._backoff(attempt))
-                    attempt += 1
-                else:
-                    attempt = 0
-        finally:
-            if self._repair_task is asyncio.current_task():
-                self._repair_task = None
-
-    def _repair(
-        self, channel: str, state: _Channel, request: tuple[str | None, int], page: HistoryPage
-    ) -> None:
-        """Hand on what a history read found; read again until it covers what live showed."""
-        if self._channels.get(channel) is not state or not state.confirmed:
-            return
-        repair = state.track.on_history(request, page, limit=_REPAIR_LIMIT)
-        if repair.new_epoch and request[1] != 0:
-            logger.warning("%s: the stream was lost or expired; it starts a new epoch", channel)
-        for first, last in repair.lost:
-            logger.warning(
-                "%s: offsets %d-%d left history before this node could relay them", channel, first, last
-            )
-        if repair.publications:
-            self.gap_repairs += 1
-        for publication in repair.publications:
-            self.repaired += 1
-            if state.wanted:
-                self._deliver(publication)
-        if repair.again:
-            self._schedule_repair(channel)
-
-
-def _ttl_ms(policy: HistoryPolicy) -> int:
-    return max(1, int(policy.ttl * 1000))
-
-
-def _field(fields: list[bytes], name: bytes) -> bytes:
-    for i in range(0, len(fields) - 1, 2):
-        if fields[i] == name:
-            return fields[i + 1]
-    raise ValueError(f"stream entry without field {name!r}")
 
 
 def _chunks(names: list[str]) -> list[list[str]]:
