@@ -41,10 +41,8 @@ def clients(members: list[Member]) -> list[str]:
 async def test_members_lists_each_connection_once(presence_of: PresenceOf) -> None:
     """Adding a connection twice keeps one entry; each client of each user is listed once."""
     presence = presence_of("n1")
-    await presence.add("room:a", Member("alice", "c1", "n1"))
-    await presence.add("room:a", Member("alice", "c1", "n1"))
-    await presence.add("room:a", Member("alice", "c2", "n1"))
-    await presence.add("room:a", Member("bob", "c3", "n1"))
+    for user, client in [("alice", "c1"), ("alice", "c1"), ("alice", "c2"), ("bob", "c3")]:
+        await presence.add("room:a", Member(user, client, "n1"))
     members = await presence.members("room:a")
     assert clients(members) == ["c1", "c2", "c3"]
     assert sorted(member.user for member in members) == ["alice", "alice", "bob"]

@@ -22,19 +22,8 @@ from tidings.server.cluster.presence import Presence as PresenceStore
 from tidings.server.cluster.rooms import CachedRooms
 from tidings.server.config import Settings
 from tidings.server.errors import StoreUnavailable
+from tidings.server.gateway import client_commands as op
 from tidings.server.gateway.auth import AuthError, TokenVerifier
-from tidings.server.gateway.client_commands import (
-    Command,
-    Connect,
-    History,
-    Notifications,
-    Ping,
-    Presence,
-    Publish,
-    Read,
-    Subscribe,
-    Unsubscribe,
-)
 from tidings.server.gateway.connection import Connection
 from tidings.server.gateway.hub import Hub, Subscriber
 from tidings.server.gateway.limits import ConnectionLimits
@@ -157,7 +146,7 @@ class CommandRunner:
         )
         self.metrics = NodeMetrics()  # event counters for /metrics (gateway/metrics.py reads the rest)
 
-    async def submit(self, connection: Connection, command: Command) -> None:
+    async def submit(self, connection: Connection, command: op.Command) -> None:
         """Take the next command of ``connection`` (the reader calls this in arrival order).
 
         A publish returns as soon as it is queued on the backplane; its reply follows when
@@ -167,7 +156,7 @@ class CommandRunner:
         first waits for them: it sees their effects, and its reply follows theirs. Replies
         keep command order.
         """
-        if not isinstance(command, Publish):
+        if not isinstance(command, op.Publish):
             await connection.publishes.settle()
             await self.run(connection, command)
             return
@@ -181,7 +170,7 @@ class CommandRunner:
         # Created now, first run in creation order: each queues its publish before anything can wait.
         connection.publishes.add(asyncio.get_running_loop().create_task(self.run(connection, command)))
 
-    async def run(self, connection: Connection, command: Command) -> None:
+    async def run(self, connection: Connection, command: op.Command) -> None:
         """Carry out ``command`` and queue its reply."""
         releases: list[tuple[str, StreamPosition]] = []
         try:
@@ -196,7 +185,7 @@ class CommandRunner:
             for channel, top in releases:
                 connection.release(channel, after=top)
 
-    def _reply_error(self, connection: Connection, command: Command, exc: Exception) -> None:
+    def _reply_error(self, connection: Connection, command: op.Command, exc: Exception) -> None:
         if isinstance(exc, ProtocolError):
             connection.send(error_reply(command.id, exc.code, exc.message))
         elif isinstance(exc, StoreUnavailable):
@@ -206,17 +195,17 @@ class CommandRunner:
             connection.send(error_reply(command.id, ERR_INTERNAL, "internal error"))
 
     async def _dispatch(
-        self, connection: Connection, command: Command, releases: list[tuple[str, StreamPosition]]
+        self, connection: Connection, command: op.Command, releases: list[tuple[str, StreamPosition]]
     ) -> dict[str, Any] | None:
-        if isinstance(command, Connect):
+        if isinstance(command, op.Connect):
             return await self._connect(connection, command, releases)
-        if isinstance(command, Subscribe):
+        if isinstance(command, op.Subscribe):
             budget = ReplyBudget(self.settings.reply_budget)
             return await self._subscribe(connection, command.channel, command.since, releases, budget)
-        if isinstance(command, Unsubscribe):
+        if isinstance(command, op.Unsubscribe):
             await self.drop_subscription(connection, command.channel)
             return {}
-        if isinstance(command, Publish):  # access was checked by submit(), in arrival order
+        if isinstance(command, op.Publish):  # access was checked by submit(), in arrival order
             sender = Sender(connection.session.user, connection.client_id)
             started = time.perf_counter()
             position = await self.backplane.publish(
@@ -224,7 +213,7 @@ class CommandRunner:
             )
             self.metrics.publish_latency.observe(time.perf_counter() - started)
             return {} if position is None else position.encode()
-        if isinstance(command, History):
+        if isinstance(command, op.History):
             await self._check_room_access(connection, command.channel)
             page = await self.backplane.history(
                 command.channel.text,
@@ -235,15 +224,15 @@ class CommandRunner:
                 max_bytes=self.settings.reply_budget,
             )
             return history_result(page, reverse=command.reverse)
-        if isinstance(command, Presence):
+        if isinstance(command, op.Presence):
             await self._check_room_access(connection, command.channel)
             members = await self.presence.members(command.channel.text)
             return presence_result(members, max_bytes=self.settings.reply_budget)
-        if isinstance(command, (Notifications, Read)):
+        if isinstance(command, (op.Notifications, op.Read)):
             if self.notifier is None:
                 raise ProtocolError("notifications are not enabled on this node", code=ERR_NOT_FOUND)
             user = connection.session.user
-            if isinstance(command, Read):
+            if isinstance(command, op.Read):
                 return {"unread": await self.notifier.read(user, command.ids, read_all=command.all)}
             return await self.notifier.page(
                 user,
@@ -252,12 +241,12 @@ class CommandRunner:
                 before=command.before,
                 max_bytes=self.settings.reply_budget,
             )
-        if isinstance(command, Ping):
+        if isinstance(command, op.Ping):
             return {}
         raise AssertionError(f"unhandled command {command!r}")  # decode_command returns only the types above
 
     async def _connect(
-        self, connection: Connection, command: Connect, releases: list[tuple[str, StreamPosition]]
+        self, connection: Connection, command: op.Connect, releases: list[tuple[str, StreamPosition]]
     ) -> dict[str, Any] | None:
         try:
             principal = self.verifier.verify(command.token)

@@ -88,6 +88,17 @@ class _Channel:
         return self.track.synced
 
 
+@dataclass(frozen=True, slots=True)
+class _LinkTiming:
+    """How long Redis may take, and how the pub/sub link retries (seconds; see RedisBackplane)."""
+
+    socket_timeout: float
+    connect_timeout: float
+    health_interval: float
+    min_backoff: float
+    max_backoff: float
+
+
 class RedisBackplane:
     """The Backplane contract over Redis or Valkey (see the package docstring for the guarantees).
 
@@ -118,11 +129,7 @@ class RedisBackplane:
     ) -> None:
         self.node_id = node_id
         self._prefix = key_prefix
-        self._socket_timeout = socket_timeout
-        self._connect_timeout = connect_timeout
-        self._health_interval = health_interval
-        self._min_backoff = min_backoff
-        self._max_backoff = max_backoff
+        self._timing = _LinkTiming(socket_timeout, connect_timeout, health_interval, min_backoff, max_backoff)
         self._pool = ConnectionPool.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
         )
@@ -170,7 +177,7 @@ class RedisBackplane:
         self._handler = handler
         self._link_task = asyncio.get_running_loop().create_task(self._run_link())
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._connect_timeout + self._socket_timeout):
+            async with asyncio.timeout(self._timing.connect_timeout + self._timing.socket_timeout):
                 await self._link_up.wait()
 
     async def close(self) -> None:
@@ -259,7 +266,7 @@ class RedisBackplane:
     async def _sync(self, channel: str, state: _Channel) -> None:
         """Wait for the SUBSCRIBE confirmation, then take the channel's top as the baseline."""
         try:
-            async with asyncio.timeout(self._socket_timeout):
+            async with asyncio.timeout(self._timing.socket_timeout):
                 while not state.confirmed and not state.failed:
                     assert state.changed is not None  # cleared only once synced
                     state.changed.clear()
@@ -385,7 +392,8 @@ class RedisBackplane:
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter: spreads a herd of nodes after a Redis restart."""
-        ceiling = min(self._max_backoff, self._min_backoff * 2 ** min(attempt, 30))
+        timing = self._timing
+        ceiling = min(timing.max_backoff, timing.min_backoff * 2 ** min(attempt, 30))
         return random.uniform(ceiling / 2, ceiling)
 
     async def _serve_link(self, link: AbstractConnection) -> None:
@@ -396,7 +404,7 @@ class RedisBackplane:
                 self._request(channel, _SUBSCRIBE)
         # Silence is watched by a timer, not by a timeout around every read: that costs ~9 µs per
         # message on the hottest path of the node (every publication of every subscribed channel).
-        watchdog = LinkWatchdog(link, self._health_interval, self.node_id)
+        watchdog = LinkWatchdog(link, self._timing.health_interval, self.node_id)
         try:
             while True:
                 response = await link.read_response(timeout=math.inf, push_request=True)

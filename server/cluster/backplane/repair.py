@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tidings.server.cluster.backplane import BackplaneUnavailable, HistoryPage, Publication
@@ -39,6 +40,7 @@ class Repairable(Protocol):
     wanted: bool  # the hub still wants the channel: hand on what is read
 
 
+@dataclass(eq=False)
 class GapRepair:
     """Schedules and runs history reads for gapped channels (one task at a time).
 
@@ -50,23 +52,15 @@ class GapRepair:
         generation: changes whenever the link is lost; reads of an older link are dropped.
     """
 
-    def __init__(
-        self,
-        read: ReadAfter,
-        state_of: Callable[[str], Repairable | None],
-        deliver: Callable[[Publication], None],
-        backoff: Callable[[int], float],
-        generation: Callable[[], int],
-    ) -> None:
-        self._read = read
-        self._state_of = state_of
-        self._deliver = deliver
-        self._backoff = backoff
-        self._generation = generation
-        self._pending: dict[str, None] = {}  # channels waiting for a history read, in order
-        self._task: asyncio.Task[None] | None = None
-        self.repaired = 0  # publications handed on from history because pub/sub missed them
-        self.gap_repairs = 0  # history reads that closed (part of) a gap
+    read: ReadAfter
+    state_of: Callable[[str], Repairable | None]
+    deliver: Callable[[Publication], None]
+    backoff: Callable[[int], float]
+    generation: Callable[[], int]
+    repaired: int = 0  # publications handed on from history because pub/sub missed them
+    gap_repairs: int = 0  # history reads that closed (part of) a gap
+    _pending: dict[str, None] = field(default_factory=dict)  # channels waiting for a history read, in order
+    _task: asyncio.Task[None] | None = None
 
     def schedule(self, channel: str) -> None:
         self._pending[channel] = None
@@ -95,7 +89,7 @@ class GapRepair:
                 if await self._read_batch(batch):
                     attempt = 0
                 else:
-                    await asyncio.sleep(self._backoff(attempt))
+                    await asyncio.sleep(self.backoff(attempt))
                     attempt += 1
         finally:
             if self._task is asyncio.current_task():
@@ -105,15 +99,15 @@ class GapRepair:
         """One round trip for ``batch``; False if a read failed (its channel is scheduled again)."""
         jobs = []
         for channel in batch:
-            state = self._state_of(channel)
+            state = self.state_of(channel)
             if state is not None and state.track.gapped and state.confirmed:
                 jobs.append((channel, state, state.track.read_request()))
-        generation = self._generation()
+        generation = self.generation()
         pages = await asyncio.gather(
-            *(self._read(channel, request[1], _REPAIR_LIMIT, _REPAIR_BYTES) for channel, _, request in jobs),
+            *(self.read(channel, request[1], _REPAIR_LIMIT, _REPAIR_BYTES) for channel, _, request in jobs),
             return_exceptions=True,
         )
-        if generation != self._generation():
+        if generation != self.generation():
             return True  # the link was lost meanwhile: the next one repairs after resubscribing
         ok = True
         for (channel, state, request), page in zip(jobs, pages, strict=True):
@@ -132,7 +126,7 @@ class GapRepair:
         self, channel: str, state: Repairable, request: tuple[str | None, int], page: HistoryPage
     ) -> None:
         """Hand on what a history read found; read again until it covers what live showed."""
-        if self._state_of(channel) is not state or not state.confirmed:
+        if self.state_of(channel) is not state or not state.confirmed:
             return
         repair = state.track.on_history(request, page, limit=_REPAIR_LIMIT)
         if repair.new_epoch and request[1] != 0:
@@ -146,6 +140,6 @@ class GapRepair:
         for publication in repair.publications:
             self.repaired += 1
             if state.wanted:
-                self._deliver(publication)
+                self.deliver(publication)
         if repair.again:
             self.schedule(channel)
