@@ -1,12 +1,8 @@
 """RedisBackplane: pub/sub fan-out between nodes plus Streams history, over redis-py asyncio.
 
-Per channel (all keys hash-tagged ``{channel}``, names in keys.py):
-  * ``meta`` hash: ``epoch`` (one life of the stream) and ``offset`` (the top);
-  * ``stream``: the history, entry id ``<offset>-0``, trimmed with ``MAXLEN ~``;
-  * pub/sub channel: live envelopes ``<epoch>:<offset>:<payload>`` (envelope.py).
-
-``publish.lua`` bumps the offset, appends and publishes in one step, so the live
-order is the history order (DESIGN.md, Guarantee 3).
+A channel's stream (its ``meta`` hash and history, the Lua publish and read) is in
+streams.py; its pub/sub channel carries live envelopes ``<epoch>:<offset>:<payload>``
+(envelope.py). The live order is the history order (docs/guarantees.md).
 
 Each node keeps ONE pub/sub connection (the *link*). A channel is SUBSCRIBEd when
 the hub asks for it and UNSUBSCRIBEd when it lets go; requests made while a write
@@ -19,7 +15,7 @@ channel. An offset jump, or a reconnect of the link (every channel is then
 "maybe gapped"), makes the node read the gap from the stream and hand it on in
 order before live publications of that channel go on; live publications that
 arrive meanwhile are dropped, because the reads go on until they cover them. No
-offset is handed on twice or out of order (DESIGN.md, Guarantee 2).
+offset is handed on twice or out of order (repair.py, tracking.py).
 
 When Redis is unreachable every operation raises BackplaneUnavailable within the
 short socket timeouts, ``ready`` is False, and the link reconnects with capped
