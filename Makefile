@@ -42,8 +42,8 @@ env:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check server client tests loadtest
-	$(BIN)/ruff format --check server client tests loadtest
+	$(BIN)/ruff check server client tests loadtest examples
+	$(BIN)/ruff format --check server client tests loadtest examples
 
 # mypy cannot follow setuptools' editable import hook, so it reads the packages through symlinks.
 typecheck: $(STAMP)
@@ -51,6 +51,7 @@ typecheck: $(STAMP)
 	ln -sfn ../../../server build/typecheck/tidings/server
 	ln -sfn ../../../client build/typecheck/tidings/client
 	MYPYPATH=build/typecheck $(BIN)/mypy -p tidings.server -p tidings.client
+	MYPYPATH=build/typecheck $(BIN)/mypy examples
 
 # The browser client as the package tidings-client (web/package.json): its dev dependencies from the
 # committed lock file, tsc over tidings.d.ts and examples/typed.ts, and its tests under Node's runner
