@@ -1,6 +1,6 @@
 # Two commands do all setup on a fresh machine with Python 3.11+ and make:
 #   make up     run a local cluster (embedded Valkey + 3 nodes), web UI at http://127.0.0.1:8000
-#   make test   create .venv, install, lint, type-check and run the tests
+#   make test   create .venv, install, lint, type-check and run the tests (the browser client's with Node)
 #   make env    random secrets for docker compose into ./.env (untracked; never overwritten)
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,9 @@ ENV_FILE ?= .env
 
 BENCH_SCENARIOS ?= steady burst rooms idle
 
-.PHONY: install up env test lint typecheck loadtest bench clean
+WEB_STAMP := web/node_modules/.installed
+
+.PHONY: install up env test lint typecheck web-test loadtest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +42,8 @@ env:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check server client tests loadtest
-	$(BIN)/ruff format --check server client tests loadtest
+	$(BIN)/ruff check server client tests loadtest examples
+	$(BIN)/ruff format --check server client tests loadtest examples
 
 # mypy cannot follow setuptools' editable import hook, so it reads the packages through symlinks.
 typecheck: $(STAMP)
@@ -49,8 +51,20 @@ typecheck: $(STAMP)
 	ln -sfn ../../../server build/typecheck/tidings/server
 	ln -sfn ../../../client build/typecheck/tidings/client
 	MYPYPATH=build/typecheck $(BIN)/mypy -p tidings.server -p tidings.client
+	MYPYPATH=build/typecheck $(BIN)/mypy examples
 
-test: lint typecheck
+# The browser client as the package tidings-client (web/package.json): its dev dependencies from the
+# committed lock file, tsc over tidings.d.ts and examples/typed.ts, and its tests under Node's runner
+# against a live `tidings serve` node. Runs before pytest, so pytest's summary is the last line.
+$(WEB_STAMP): web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund
+	touch $(WEB_STAMP)
+
+web-test: $(STAMP) $(WEB_STAMP)
+	web/node_modules/.bin/tsc --noEmit -p web/
+	TIDINGS_BIN=$(abspath $(BIN))/tidings node --test web/test/*.test.js
+
+test: lint typecheck web-test
 	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-0} $(BIN)/pytest $(PYTEST_ARGS)
 
 # A short headless locust run against a fresh `tidings up --nodes 3`; the exit code is the verdict.
@@ -68,4 +82,4 @@ bench: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache web/node_modules
