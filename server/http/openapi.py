@@ -91,16 +91,19 @@ def _operation(
     op_id: str,
     summary: str,
     tag: str,
-    ok: tuple[str, str],
+    ok: tuple[str, str] | dict[str, Any],
     *,
     errors: tuple[int, ...] = _AUTHENTICATED,
+    more: dict[str, Any] | None = None,
     params: tuple[Schema, ...] = (),
     body: tuple[str, bool] | None = None,
     public: bool = False,
 ) -> dict[str, Any]:
-    """One operation: ``ok`` is (schema name, description) of its 200; ``body`` (schema name, required)."""
-    schema_name, description = ok
-    responses: dict[str, Any] = {"200": {"description": description, "content": _json(ref(schema_name))}}
+    """One operation: ``ok`` is its 200 (a response, or the JSON schema's name and a description),
+    ``more`` other responses of its own, ``body`` (schema name, required)."""
+    if isinstance(ok, tuple):
+        ok = {"description": ok[1], "content": _json(ref(ok[0]))}
+    responses: dict[str, Any] = {"200": ok, **(more or {})}
     for status in sorted(set(errors)):
         responses[str(status)] = {"$ref": f"#/components/responses/{_ERRORS[status][0]}"}
     result: dict[str, Any] = {"operationId": op_id, "summary": summary, "tags": [tag], "responses": responses}
@@ -148,10 +151,9 @@ _NOTIFICATION_PARAMS = (
     ),
 )
 
-_op = _operation
 _CHANNEL_OPS = {
     "/api/publish": {
-        "post": _op(
+        "post": _operation(
             "publish",
             "Publish to a channel; subscribers on every node get it, and its history keeps it",
             "channels",
@@ -161,7 +163,7 @@ _CHANNEL_OPS = {
         )
     },
     "/api/channels/{channel}/history": {
-        "get": _op(
+        "get": _operation(
             "history",
             "Read a channel's history, a page at a time",
             "channels",
@@ -171,7 +173,7 @@ _CHANNEL_OPS = {
         )
     },
     "/api/channels/{channel}/presence": {
-        "get": _op(
+        "get": _operation(
             "channelPresence",
             "Who is subscribed to a channel, on every node",
             "channels",
@@ -181,7 +183,7 @@ _CHANNEL_OPS = {
         )
     },
     "/api/users/{user}/presence": {
-        "get": _op(
+        "get": _operation(
             "userPresence",
             "Whether a user is connected, with how many connections on which nodes",
             "users",
@@ -191,7 +193,7 @@ _CHANNEL_OPS = {
         )
     },
     "/api/users/{user}/disconnect": {
-        "post": _op(
+        "post": _operation(
             "disconnectUser",
             "Close every connection of a user, on every node",
             "users",
@@ -202,7 +204,7 @@ _CHANNEL_OPS = {
         )
     },
     "/api/rooms/{room}": {
-        "post": _op(
+        "post": _operation(
             "createRoom",
             "Create a room, or make it public or private (private ends non-members' subscriptions)",
             "rooms",
@@ -213,7 +215,7 @@ _CHANNEL_OPS = {
         )
     },
     "/api/rooms/{room}/members/{user}": {
-        "put": _op(
+        "put": _operation(
             "addRoomMember",
             "Let a user read and write a private room",
             "rooms",
@@ -221,7 +223,7 @@ _CHANNEL_OPS = {
             errors=_WRITE,
             params=(_ROOM, _USER),
         ),
-        "delete": _op(
+        "delete": _operation(
             "removeRoomMember",
             "Remove a user from a room; its live subscriptions to it end on every node",
             "rooms",
@@ -234,7 +236,7 @@ _CHANNEL_OPS = {
 
 _NOTIFY_OPS = {
     "/api/notifications": {
-        "post": _op(
+        "post": _operation(
             "notify",
             "Notify users, a topic's subscribers or everyone, now or at deliver_at",
             "notifications",
@@ -244,7 +246,7 @@ _NOTIFY_OPS = {
         )
     },
     "/api/topics/{topic}/subscribers/{user}": {
-        "put": _op(
+        "put": _operation(
             "subscribeTopic",
             "Subscribe a user to a topic",
             "notifications",
@@ -252,7 +254,7 @@ _NOTIFY_OPS = {
             errors=_WRITE,
             params=(_TOPIC, _USER),
         ),
-        "delete": _op(
+        "delete": _operation(
             "unsubscribeTopic",
             "Unsubscribe a user from a topic",
             "notifications",
@@ -262,7 +264,7 @@ _NOTIFY_OPS = {
         ),
     },
     "/api/users/{user}/notifications": {
-        "get": _op(
+        "get": _operation(
             "listNotifications",
             "A user's inbox, newest first, a page at a time",
             "notifications",
@@ -272,7 +274,7 @@ _NOTIFY_OPS = {
         )
     },
     "/api/users/{user}/notifications/read": {
-        "post": _op(
+        "post": _operation(
             "markRead",
             "Mark notifications read; the user's connections get the new unread count",
             "notifications",
@@ -283,7 +285,7 @@ _NOTIFY_OPS = {
         )
     },
     "/api/jobs": {
-        "get": _op(
+        "get": _operation(
             "jobCounts",
             "The job queue across the cluster, and this node's worker",
             "jobs",
@@ -291,49 +293,16 @@ _NOTIFY_OPS = {
         )
     },
     "/api/jobs/dead": {
-        "get": _op(
+        "get": _operation(
             "deadJobs", "The newest dead-lettered jobs", "jobs", ("DeadJobs", "Dead letters, newest first.")
         )
     },
 }
 
 
-def _readyz() -> dict[str, Any]:
-    operation = _op(
-        "readyz",
-        "Readiness: whether a load balancer should send traffic here",
-        "ops",
-        ("Readiness", "Ready."),
-    )
-    operation["responses"] = {
-        "200": operation["responses"]["200"],
-        "503": {
-            "description": "Not ready: draining, or the backplane is down.",
-            "content": _json(ref("Readiness")),
-        },
-    }
-    return {**operation, "security": []}
-
-
-def _metrics() -> dict[str, Any]:
-    operation = _op(
-        "metrics",
-        "Prometheus metrics of this node (keep it off the public listener)",
-        "ops",
-        ("Health", ""),
-        errors=(500, 503),
-        public=True,
-    )
-    operation["responses"]["200"] = {
-        "description": "The Prometheus text exposition format.",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
-    }
-    return operation
-
-
 _PUBLIC_OPS = {
     "/api/dev/token": {
-        "post": _op(
+        "post": _operation(
             "devToken",
             "Dev mode only: a client token for any user, without an API key",
             "dev",
@@ -344,14 +313,41 @@ _PUBLIC_OPS = {
         )
     },
     "/healthz": {
-        "get": _op(
+        "get": _operation(
             "healthz", "Liveness: the process answers", "ops", ("Health", "Alive."), errors=(), public=True
         )
     },
-    "/readyz": {"get": _readyz()},
-    "/metrics": {"get": _metrics()},
+    "/readyz": {
+        "get": _operation(
+            "readyz",
+            "Readiness: whether a load balancer should send traffic here",
+            "ops",
+            ("Readiness", "Ready."),
+            errors=(),
+            more={
+                "503": {
+                    "description": "Not ready: draining, or the backplane is down.",
+                    "content": _json(ref("Readiness")),
+                }
+            },
+            public=True,
+        )
+    },
+    "/metrics": {
+        "get": _operation(
+            "metrics",
+            "Prometheus metrics of this node (keep it off the public listener)",
+            "ops",
+            {
+                "description": "The Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            errors=(500, 503),
+            public=True,
+        )
+    },
     OPENAPI_PATH: {
-        "get": _op(
+        "get": _operation(
             "openapi",
             "This document",
             "ops",
