@@ -283,6 +283,7 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/healthz"): {},
     ("GET", "/readyz"): {},
     ("GET", "/metrics"): {},
+    ("GET", "/api/openapi.json"): {},
     ("POST", "/api/notifications"): {"body": notify_body},
     ("PUT", "/api/topics/{topic}/subscribers/{user}"): {"params": {"topic": topics, "user": users}},
     ("DELETE", "/api/topics/{topic}/subscribers/{user}"): {"params": {"topic": topics, "user": users}},

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tidings.server.cluster.backplane import Backplane
 from tidings.server.config import ConfigError, Secret, Settings
 from tidings.server.http.notify_routes import notification_routes
+from tidings.server.http.openapi import openapi_routes
 from tidings.server.http.routes import routes
 from tidings.server.http.trusted_host import TrustedHost
 from tidings.server.node import NodeState, start_node
@@ -104,6 +105,7 @@ def create_app(settings: Settings, *, backplane: Backplane | None = None) -> Sta
         routes=[
             *routes(),
             *notification_routes(),
+            *openapi_routes(),
             Mount("/", app=StaticFiles(directory=web_dir, html=True), name="web"),
         ],
         # The Host check comes first, so that it guards /ws too (the gateway routes it before Starlette).
