@@ -296,6 +296,8 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("GET", "/api/jobs"): {},
     ("GET", "/api/jobs/dead"): {},
+    ("GET", "/api/nodes"): {},
+    ("GET", "/admin"): {},
 }
 
 
