@@ -27,6 +27,7 @@ from tidings.server.cluster.control import ControlPlane
 from tidings.server.cluster.lease import Lease, LocalLease, RedisLease
 from tidings.server.cluster.liveness import NodeLiveness, new_incarnation
 from tidings.server.cluster.metrics import backplane_metrics
+from tidings.server.cluster.nodes import NodeDirectory, RedisNodeDirectory
 from tidings.server.cluster.presence import Presence
 from tidings.server.cluster.presence_memory import InMemoryPresence
 from tidings.server.cluster.presence_redis import RedisPresence
@@ -70,6 +71,7 @@ class NodeState(TypedDict):
     job_worker: JobWorker | None  # None: TIDINGS_JOBS=off
     draining: asyncio.Event  # set on shutdown: /readyz fails and new sockets are refused
     metrics: MetricsRegistry  # what /metrics shows: each part registered its own source
+    nodes: NodeDirectory  # the live nodes and their numbers (GET /api/nodes)
 
 
 async def start_node(
@@ -110,8 +112,9 @@ async def start_node(
     stack.push_async_callback(node_backplane.close)
     await control.start()
     job_worker = await _start_job_worker(settings, notifier, job_queue, promote_lease, stack)
+    nodes = _node_directory(settings, redis_client, incarnation, hub, runner)
     if redis_client is not None:
-        await _start_liveness(settings, redis_client, presence, incarnation, runner, stack)
+        await _start_liveness(settings, redis_client, presence, nodes, runner, stack)
     state: NodeState = {
         "settings": settings,
         "backplane": node_backplane,
@@ -126,6 +129,7 @@ async def start_node(
         "job_worker": job_worker,
         "draining": asyncio.Event(),
         "metrics": MetricsRegistry(),
+        "nodes": nodes,
     }
     _register_metrics(state)
     return state
@@ -210,22 +214,46 @@ async def _start_job_worker(
     return worker
 
 
+def _node_directory(
+    settings: Settings, client: aioredis.Redis | None, incarnation: str, hub: Hub, runner: CommandRunner
+) -> NodeDirectory:
+    """The list of live nodes: this node's numbers, read off the hub and the close counters."""
+
+    def stats() -> dict[str, int]:
+        return {
+            "connections": len(hub.connections),
+            "channels": hub.channel_count,
+            "subscriptions": hub.subscription_count,
+            "published": runner.metrics.publish_latency.count,
+            "publications": hub.publications,
+            "deliveries": hub.deliveries,
+            "slow_disconnects": runner.metrics.closes[4008],
+        }
+
+    if client is None:
+        return NodeDirectory(settings.node_id, incarnation, stats)
+    return RedisNodeDirectory(
+        client, key_prefix=settings.key_prefix, node_id=settings.node_id, incarnation=incarnation, stats=stats
+    )
+
+
 async def _start_liveness(
     settings: Settings,
     client: aioredis.Redis,
     presence: Presence,
-    incarnation: str,
+    nodes: NodeDirectory,
     runner: CommandRunner,
     stack: contextlib.AsyncExitStack,
 ) -> None:
-    """This process's heartbeat, and its share of sweeping dead ones out of presence."""
+    """This process's heartbeat (with its stats), and its share of sweeping dead ones out of presence."""
     liveness = NodeLiveness(
         client,
         presence,
         key_prefix=settings.key_prefix,
-        incarnation=incarnation,
+        incarnation=nodes.incarnation,
         announce_leave=runner.announce_leave,
         on_revived=runner.readd_presence,
+        stats=nodes.snapshot,
     )
     await liveness.start()
     stack.push_async_callback(liveness.stop)

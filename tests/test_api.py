@@ -215,6 +215,21 @@ async def check_health(node: RunningNode, http: httpx.AsyncClient) -> None:
 # --- dev mode ---------------------------------------------------------------------------------------
 
 
+async def test_nodes_lists_this_node_alone_without_redis(http: httpx.AsyncClient) -> None:
+    """GET /api/nodes (the ops page's source): needs the key; an in-memory node lists itself."""
+    assert (await http.get("/api/nodes")).status_code == 401
+    response = await http.get("/api/nodes", headers=AUTH)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"node", "time", "nodes"} and len(body["nodes"]) == 1
+    node = body["nodes"][0]
+    assert node["node"] == body["node"] and node["incarnation"].startswith(f"{body['node']}~")
+    numbers = ("connections", "channels", "subscriptions", "published", "publications", "deliveries",
+               "slow_disconnects")  # fmt: skip
+    assert set(node) == {"node", "incarnation", "started", "updated", *numbers}
+    assert all(isinstance(node[name], int) and node[name] >= 0 for name in numbers)
+
+
 async def test_dev_token_is_404_outside_dev_mode(http: httpx.AsyncClient) -> None:
     """Outside dev mode nobody can mint tokens over HTTP, key or not."""
     assert (await http.post("/api/dev/token", json={"user": "alice"})).status_code == 404

@@ -297,6 +297,8 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("GET", "/api/jobs"): {},
     ("GET", "/api/jobs/dead"): {},
+    ("GET", "/api/nodes"): {},
+    ("GET", "/admin"): {},
 }
 
 

@@ -10,6 +10,9 @@ HDEL decides who removed an entry. A node killed with SIGKILL is thus gone from
 presence within ``ttl`` plus one tick (DESIGN.md, Guarantee 4), also when it is
 restarted at once under the same node id (docker-compose ``restart:``): the new
 process is a new incarnation, whose heartbeat keeps no dead entry alive.
+
+The heartbeat also writes the incarnation's stats hash (nodes.py) with the same TTL, so the
+list of ``GET /api/nodes`` loses a dead node when its liveness key expires.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.lease import RedisLease, run_once_periodically
+from tidings.server.cluster.nodes import encode_stats
 from tidings.server.cluster.presence import Member, Presence
 from tidings.server.cluster.redis_errors import REDIS_ERRORS
 
@@ -51,6 +56,7 @@ class NodeLiveness:
         announce_leave: called for every removed entry of a dead node (publishes the ``leave`` push).
         on_revived: called when this node finds its own key expired (it was presumed dead, e.g. a long
             pause): it must re-add its connections' presence.
+        stats: this node's snapshot (nodes.NodeDirectory.snapshot), written with every beat.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class NodeLiveness:
         on_revived: Callable[[], Awaitable[None]],
         ttl: float = 5.0,
         heartbeat_interval: float = 1.0,
+        stats: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._redis = client
         self._presence = presence
@@ -73,6 +80,7 @@ class NodeLiveness:
         self._on_revived = on_revived
         self.ttl = ttl
         self.heartbeat_interval = heartbeat_interval
+        self._stats = stats
         self._tasks: list[asyncio.Task[None]] = []
         self._sweep_lease = RedisLease(client, redis_keys.lease(key_prefix, "node-sweep"), ttl=max(ttl, 5.0))
 
@@ -101,14 +109,23 @@ class NodeLiveness:
         self._tasks = []
         # Let the survivors sweep whatever this node leaves behind right away, not after the TTL.
         with contextlib.suppress(*REDIS_ERRORS):
-            await self._redis.delete(redis_keys.node_alive(self._prefix, self.incarnation))
+            await self._redis.delete(
+                redis_keys.node_alive(self._prefix, self.incarnation),
+                redis_keys.node_stats(self._prefix, self.incarnation),
+            )
 
     async def _beat(self, *, first: bool = False) -> None:
         alive = redis_keys.node_alive(self._prefix, self.incarnation)
+        ttl_ms = int(self.ttl * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(alive, "1", px=int(self.ttl * 1000), get=True)
+            pipe.set(alive, "1", px=ttl_ms, get=True)
             pipe.sadd(redis_keys.nodes(self._prefix), self.incarnation)
-            previous, _ = await pipe.execute()
+            if self._stats is not None:
+                stats = redis_keys.node_stats(self._prefix, self.incarnation)
+                fields: dict[Any, Any] = encode_stats(self._stats())  # redis-py's Mapping key is invariant
+                pipe.hset(stats, mapping=fields)
+                pipe.pexpire(stats, ttl_ms)
+            previous = (await pipe.execute())[0]
         if previous is None and not first:
             logger.warning(
                 "node %s was presumed dead (heartbeat key expired); re-announcing", self.incarnation

@@ -1,4 +1,4 @@
-"""The ASGI application of one node: WebSocket gateway at ``/ws``, HTTP API, web UI at ``/``."""
+"""The ASGI application of one node: WebSocket gateway at ``/ws``, HTTP API, web UI at ``/``, ops page at ``/admin``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -101,11 +103,17 @@ def create_app(settings: Settings, *, backplane: Backplane | None = None) -> Sta
                 logger.warning("node parts did not stop within %.0f s; exiting anyway", _SHUTDOWN_TIMEOUT)
 
     web_dir = Path(str(files("tidings.web")))
+
+    async def admin_page(request: Request) -> Response:
+        # The ops page's own address; the page is static and asks the API (with the key) for everything.
+        return FileResponse(web_dir / "admin.html")
+
     return Starlette(
         routes=[
             *routes(),
             *notification_routes(),
             *openapi_routes(),
+            Route("/admin", admin_page, methods=["GET", "HEAD"]),
             Mount("/", app=StaticFiles(directory=web_dir, html=True), name="web"),
         ],
         # The Host check comes first, so that it guards /ws too (the gateway routes it before Starlette).

@@ -260,6 +260,12 @@ async def disconnect_user(request: Request, state: NodeState) -> Response:
     return JSONResponse({"user": user, "disconnected": True})
 
 
+async def nodes(request: Request, state: NodeState) -> Response:
+    """The live nodes with their numbers (cluster/nodes.py); rates are for the reader to compute."""
+    listed = await state["nodes"].live()
+    return JSONResponse({"node": state["settings"].node_id, "time": round(time.time(), 3), "nodes": listed})
+
+
 async def dev_token(request: Request, state: NodeState) -> Response:
     settings = state["settings"]
     if not settings.dev or settings.jwt_secret is None:
@@ -291,6 +297,7 @@ def routes() -> list[Route]:
         Route("/api/rooms/{room}", endpoint(create_room), methods=["POST"]),
         Route("/api/rooms/{room}/members/{user}", endpoint(add_room_member), methods=["PUT"]),
         Route("/api/rooms/{room}/members/{user}", endpoint(remove_room_member), methods=["DELETE"]),
+        Route("/api/nodes", endpoint(nodes), methods=["GET"]),
         Route("/api/dev/token", endpoint(dev_token, authenticated=False), methods=["POST"]),
         Route("/healthz", endpoint(healthz, authenticated=False), methods=["GET"]),
         Route("/readyz", endpoint(readyz, authenticated=False), methods=["GET"]),

@@ -27,6 +27,7 @@ __all__ = [
     "node_alive",
     "node_control",
     "node_presence",
+    "node_stats",
     "nodes",
     "notification_dedupe",
     "presence",
@@ -96,6 +97,11 @@ def nodes(prefix: str) -> str:
 def node_alive(prefix: str, incarnation: str) -> str:
     """A node incarnation's liveness key, refreshed by its heartbeat, expiring with a short TTL."""
     return f"{prefix}:node:{{{incarnation}}}:alive"
+
+
+def node_stats(prefix: str, incarnation: str) -> str:
+    """Hash of a node incarnation's numbers (cluster/nodes.py), written by its heartbeat with the same TTL."""
+    return f"{prefix}:node:{{{incarnation}}}:stats"
 
 
 def node_presence(prefix: str, incarnation: str) -> str:
