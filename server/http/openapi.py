@@ -297,6 +297,11 @@ _NOTIFY_OPS = {
             "deadJobs", "The newest dead-lettered jobs", "jobs", ("DeadJobs", "Dead letters, newest first.")
         )
     },
+    "/api/nodes": {
+        "get": _operation(
+            "nodes", "The live nodes of the cluster with their numbers", "ops", ("Nodes", "The live nodes.")
+        )
+    },
 }
 
 
@@ -309,6 +314,16 @@ _PUBLIC_OPS = {
             ("DevToken", "A token to connect to /ws with."),
             errors=(400, 404, 413, 415, 500),
             body=("DevTokenRequest", True),
+            public=True,
+        )
+    },
+    "/admin": {
+        "get": _operation(
+            "admin",
+            "The ops page (it reads everything through the API, with the key)",
+            "ops",
+            {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
+            errors=(),
             public=True,
         )
     },

@@ -317,6 +317,54 @@ NOTIFY_SCHEMAS: dict[str, Schema] = {
         },
         required=("id", "kind", "attempts", "enqueued_at"),
     ),
+    "NodeStats": _object(
+        {
+            "node": _string("The node id."),
+            "incarnation": _string("This process of the node (node id and boot id)."),
+            "started": {"type": "number", "description": "When the process started, epoch seconds."},
+            "updated": {
+                "type": "number",
+                "description": "When its heartbeat wrote these numbers, epoch seconds.",
+            },
+            **{
+                name: _integer(description, minimum=0)
+                for name, description in (
+                    ("connections", "Connected sessions now."),
+                    ("channels", "Channels with a local subscriber now."),
+                    ("subscriptions", "Subscriptions of its connections now."),
+                    ("published", "Publications it sent, since it started."),
+                    ("publications", "Publications it received for local subscribers, since it started."),
+                    ("deliveries", "Frames it queued for subscribers, since it started."),
+                    ("slow_disconnects", "Connections it closed as too slow (4008), since it started."),
+                )
+            },
+        },
+        required=(
+            "node",
+            "incarnation",
+            "started",
+            "updated",
+            "connections",
+            "channels",
+            "subscriptions",
+            "published",
+            "publications",
+            "deliveries",
+            "slow_disconnects",
+        ),
+    ),
+    "Nodes": _object(
+        {
+            "node": _string("The node that answered."),
+            "time": {"type": "number", "description": "Its clock, epoch seconds."},
+            "nodes": {
+                "type": "array",
+                "items": ref("NodeStats"),
+                "description": "The live nodes, by node id.",
+            },
+        },
+        required=("node", "time", "nodes"),
+    ),
     "DeadJobs": _object(
         {"dead": {"type": "array", "items": ref("Job"), "description": "The newest 100, newest first."}},
         required=("dead",),
