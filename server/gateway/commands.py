@@ -368,10 +368,11 @@ class CommandRunner:
         if not top.epoch:  # never published: give it the epoch its first publication will carry
             top = await self.backplane.top(channel)
         fits = not page.more and (page.size <= budget.remaining or not page.publications)
-        recovery = recover(since, top, page.publications if fits else [], limit=MAX_RECOVERY)
-        if not fits:
-            recovery = Recovery(False, [])
-        budget.spend(page.size if fits else 0)
+        if fits:
+            recovery = recover(since, top, page.publications, limit=MAX_RECOVERY)
+            budget.spend(page.size)
+        else:
+            recovery = Recovery(False, [])  # read it page by page with history instead
         return top, {
             **top.encode(),
             "recovered": recovery.recovered,
