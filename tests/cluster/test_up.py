@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.processes import free_port
 from tidings.server.devcluster.valkey import find_server_binary
 
 from ..support.cluster import healthz_node
@@ -26,10 +26,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.redis]
 
 def port_range(size: int) -> int:
     """A port P such that P .. P + size - 1 are free right now."""
+    # Below the kernel's ephemeral range: `tidings up` opens Redis connections (and Valkey picks a
+    # free port) while its nodes start, and either could otherwise land on P + 1 or P + 2.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(50):
-        base = free_port()
-        if base + size > 65535:
-            continue
+        base = random.randrange(10_000, max(10_001, low - size))
         sockets = []
         try:
             for port in range(base, base + size):
