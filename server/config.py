@@ -17,6 +17,7 @@ from typing import Any
 
 from tidings.server.channels import NAMESPACES
 from tidings.server.cluster.backplane import HistoryPolicy
+from tidings.server.cluster.redis_target import parse_redis_url
 from tidings.server.errors import TidingsError
 from tidings.server.gateway.origins import LOOPBACK_HOSTS, check_host_pattern
 
@@ -262,6 +263,8 @@ def _parse(name: str, raw: str) -> Any:
                 return fh.read()
         return raw.replace("\\n", "\n") or None
     if name in ("redis_url",):
+        if raw:
+            parse_redis_url(raw)  # a malformed URL stops the node at start, with the reason
         return raw or None
     if name in ("dev", "jobs"):
         if raw.lower() not in _BOOLS:

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Iterator
 from typing import TypedDict
 
-import redis.asyncio as aioredis
 from prometheus_client.core import Metric
 
 from tidings.server.cluster.backplane import Backplane, Publication
@@ -31,6 +30,7 @@ from tidings.server.cluster.nodes import NodeDirectory, RedisNodeDirectory
 from tidings.server.cluster.presence import Presence
 from tidings.server.cluster.presence_memory import InMemoryPresence
 from tidings.server.cluster.presence_redis import RedisPresence
+from tidings.server.cluster.redis_client import StoreClient, close_store_client, store_client
 from tidings.server.cluster.rooms import CachedRooms
 from tidings.server.cluster.rooms_memory import InMemoryRooms
 from tidings.server.cluster.rooms_redis import RedisRooms
@@ -149,23 +149,17 @@ def make_backplane(settings: Settings) -> Backplane:
     )
 
 
-def _redis_client(settings: Settings, stack: contextlib.AsyncExitStack) -> aioredis.Redis | None:
+def _redis_client(settings: Settings, stack: contextlib.AsyncExitStack) -> StoreClient | None:
     """The node's shared client for stores (the backplane keeps connections of its own)."""
     if settings.redis_url is None:
         return None
-    # A bounded pool that makes callers wait for a free connection (up to the timeout) instead of
-    # failing: a thousand sockets closing at once must not open a thousand Redis connections.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=64, timeout=5.0, socket_timeout=2.0, socket_connect_timeout=2.0
-    )
-    client = aioredis.Redis(connection_pool=pool)
-    stack.push_async_callback(pool.disconnect)
-    stack.push_async_callback(client.aclose)
+    client = store_client(settings.redis_url)
+    stack.push_async_callback(close_store_client, client)
     return client
 
 
 def _membership(
-    settings: Settings, client: aioredis.Redis | None, incarnation: str
+    settings: Settings, client: StoreClient | None, incarnation: str
 ) -> tuple[Presence, CachedRooms]:
     if client is None:
         return InMemoryPresence(), CachedRooms(InMemoryRooms())
@@ -173,7 +167,7 @@ def _membership(
     return presence, CachedRooms(RedisRooms(client, key_prefix=settings.key_prefix))
 
 
-def _notification_store(settings: Settings, client: aioredis.Redis | None) -> NotificationStore:
+def _notification_store(settings: Settings, client: StoreClient | None) -> NotificationStore:
     if client is None:
         return InMemoryNotificationStore(inbox_size=settings.inbox_size, inbox_ttl=settings.inbox_ttl)
     return RedisNotificationStore(
@@ -181,7 +175,7 @@ def _notification_store(settings: Settings, client: aioredis.Redis | None) -> No
     )
 
 
-def _job_queue(settings: Settings, client: aioredis.Redis | None) -> tuple[JobQueue, Lease]:
+def _job_queue(settings: Settings, client: StoreClient | None) -> tuple[JobQueue, Lease]:
     """The job queue, and the lease under which one node at a time promotes due jobs."""
     if client is None:
         return InMemoryJobQueue(), LocalLease()
@@ -215,7 +209,7 @@ async def _start_job_worker(
 
 
 def _node_directory(
-    settings: Settings, client: aioredis.Redis | None, incarnation: str, hub: Hub, runner: CommandRunner
+    settings: Settings, client: StoreClient | None, incarnation: str, hub: Hub, runner: CommandRunner
 ) -> NodeDirectory:
     """The list of live nodes: this node's numbers, read off the hub and the close counters."""
 
@@ -239,7 +233,7 @@ def _node_directory(
 
 async def _start_liveness(
     settings: Settings,
-    client: aioredis.Redis,
+    client: StoreClient,
     presence: Presence,
     nodes: NodeDirectory,
     runner: CommandRunner,

@@ -318,6 +318,8 @@ async def test_a_lost_pubsub_message_is_read_from_history(
         1000,
         60_000,
         "unused",
+        "PUBLISH",
+        (await redis_client.info("server"))["run_id"],
     )
     await backplane.publish("room:gap", 3)
     publications = await recorder.wait_for("room:gap", 3)

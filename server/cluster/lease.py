@@ -18,8 +18,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import redis_errors
 from tidings.server.errors import StoreUnavailable
 
@@ -81,7 +80,7 @@ return 0
 class RedisLease:
     """The :class:`Lease` contract on a Redis key holding a random token (see the module docstring)."""
 
-    def __init__(self, client: aioredis.Redis, key: str, *, ttl: float) -> None:
+    def __init__(self, client: StoreClient, key: str, *, ttl: float) -> None:
         self._redis = client
         self.key = key
         self.ttl = ttl

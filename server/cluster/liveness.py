@@ -24,12 +24,11 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.lease import RedisLease, run_once_periodically
 from tidings.server.cluster.nodes import encode_stats
 from tidings.server.cluster.presence import Member, Presence
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import REDIS_ERRORS
 
 __all__ = ["NodeLiveness", "new_incarnation"]
@@ -61,7 +60,7 @@ class NodeLiveness:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: StoreClient,
         presence: Presence,
         *,
         key_prefix: str,

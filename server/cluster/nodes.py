@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import redis_errors
 
 __all__ = ["COUNTERS", "GAUGES", "NodeDirectory", "RedisNodeDirectory", "StatsSource"]
@@ -66,7 +65,7 @@ class RedisNodeDirectory(NodeDirectory):
     """The nodes whose heartbeat stats hash has not expired, read from Redis."""
 
     def __init__(
-        self, client: aioredis.Redis, *, key_prefix: str, node_id: str, incarnation: str, stats: StatsSource
+        self, client: StoreClient, *, key_prefix: str, node_id: str, incarnation: str, stats: StatsSource
     ) -> None:
         super().__init__(node_id, incarnation, stats)
         self._redis = client

@@ -10,10 +10,10 @@ removed by the survivors (``remove_node``, run once across the cluster by
 from __future__ import annotations
 
 import msgpack
-import redis.asyncio as aioredis
 
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.presence import Member
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import redis_errors
 
 __all__ = ["RedisPresence"]
@@ -30,7 +30,7 @@ class RedisPresence:
             the same node id never adopts, nor hides from the sweep, the entries of the one that died.
     """
 
-    def __init__(self, client: aioredis.Redis, *, key_prefix: str, incarnation: str) -> None:
+    def __init__(self, client: StoreClient, *, key_prefix: str, incarnation: str) -> None:
         self._redis = client
         self._prefix = key_prefix
         self._index = redis_keys.node_presence(key_prefix, incarnation)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import redis.asyncio as aioredis
-
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import redis_errors
 
 __all__ = ["RedisRooms"]
@@ -18,7 +17,7 @@ T = TypeVar("T")
 class RedisRooms:
     """Rooms in Redis: a settings hash and a member set per room (hash-tagged like the room's channel)."""
 
-    def __init__(self, client: aioredis.Redis, *, key_prefix: str) -> None:
+    def __init__(self, client: StoreClient, *, key_prefix: str) -> None:
         self._redis = client
         self._prefix = key_prefix
 

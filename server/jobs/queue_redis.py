@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import redis_errors
 from tidings.server.errors import StoreUnavailable
 from tidings.server.jobs.queue import DEAD_LETTERS_KEPT, Job, JobCounts, new_job_id
@@ -131,7 +131,7 @@ class RedisJobQueue:
     GROUP = "workers"
 
     def __init__(
-        self, client: aioredis.Redis, *, key_prefix: str, clock: Callable[[], float] = time.time
+        self, client: StoreClient, *, key_prefix: str, clock: Callable[[], float] = time.time
     ) -> None:
         self._redis = client
         self._prefix = key_prefix

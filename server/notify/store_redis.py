@@ -14,9 +14,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import redis_errors
 from tidings.server.notify.store import InboxPage
 
@@ -81,7 +82,7 @@ class RedisNotificationStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: StoreClient,
         *,
         key_prefix: str,
         inbox_size: int = 1000,
@@ -114,16 +115,24 @@ class RedisNotificationStore:
             return []
         ttl_ms = int(self.inbox_ttl * 1000)
         with redis_errors("inbox add failed"):
-            # One script per inbox (each inbox is its own slot), pipelined: one round trip per batch.
+            # One script per inbox (each inbox is its own slot), pipelined: one round trip per batch
+            # (per shard on a cluster). EVALSHA by name: redis-py's cluster pipeline refuses script
+            # objects, and the few calls that find the script missing (a restarted server) run again.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user in users:
-                    await self._add(
-                        keys=self._inbox_keys(user),
-                        args=[notification_id, encoded, self.inbox_size, ttl_ms],
-                        client=pipe,
-                    )
+                    args = (notification_id, encoded, self.inbox_size, ttl_ms)
+                    pipe.execute_command("EVALSHA", self._add.sha, 4, *self._inbox_keys(user), *args)
                 pipe.sadd(redis_keys.users(self._prefix), *users)
-                results = await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)
+            for i, result in enumerate(results[: len(users)]):
+                if isinstance(result, NoScriptError):
+                    results[i] = await self._add(
+                        keys=self._inbox_keys(users[i]),
+                        args=[notification_id, encoded, self.inbox_size, ttl_ms],
+                    )
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
         return [None if int(n) < 0 else int(n) for n in results[: len(users)]]
 
     async def page(self, user: str, *, unread_only: bool, limit: int, before: str | None) -> InboxPage:

@@ -15,20 +15,26 @@
 --          publication will carry, so it can recover); "0": a plain read, which writes nothing
 --          and answers epoch "" and offset 0 for such a channel.
 -- ARGV[9]  before: only publications with a smaller offset; 0: no upper bound
+-- ARGV[10] the run_id of this server process ("" to skip the check), see publish.lua
 --
 -- Returns {epoch, top offset, {{id, {field, value, ...}}, ...}, more}: more is 1 when the range
 -- holds publications that were left out (by `limit` or by bytes).
 --
 -- Entries are read in chunks, so a reply that stops at its byte bound never loads the rest.
 
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'server')
+local epoch = meta[1]
+if epoch and ARGV[10] ~= '' and meta[2] and meta[2] ~= ARGV[10] then
+  -- Written by another server process: this one may lack its last writes (see publish.lua).
+  -- The key exists already, so this read still creates none.
+  epoch = false
+elseif not epoch and ARGV[8] ~= '1' then
+  return {'', 0, {}, 0}
+end
 if not epoch then
-  if ARGV[8] ~= '1' then
-    return {'', 0, {}, 0}
-  end
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'server', ARGV[10])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')

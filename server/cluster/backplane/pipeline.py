@@ -22,14 +22,16 @@ import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import (
     BusyLoadingError,
+    ClusterDownError,
     NoScriptError,
     ReadOnlyError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,7 +39,7 @@ from redis.typing import EncodableT
 
 from tidings.server.cluster.backplane import BackplaneUnavailable
 
-__all__ = ["CommandPipeline", "Script", "is_unavailable"]
+__all__ = ["SERVER_ID", "CommandPipeline", "Commands", "Script", "is_unavailable", "server_id_of"]
 
 logger = logging.getLogger("tidings.backplane.redis")
 
@@ -49,9 +51,24 @@ def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means Redis is unreachable or temporarily unable to serve (a 503)."""
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)):
         return True
-    if isinstance(exc, (ReadOnlyError, BusyLoadingError)):
+    # redis-py strips the code from these replies' text, so they are told apart by class.
+    if isinstance(exc, (ReadOnlyError, BusyLoadingError, TryAgainError, ClusterDownError)):
         return True
     return isinstance(exc, ResponseError) and str(exc).startswith(_TEMPORARY_REPLIES)
+
+
+SERVER_ID: Any = object()
+"""Put last in a command's arguments: replaced, when the command is written, by the ``run_id`` of the
+server process on the other end of the connection (streams.py keeps epochs honest with it)."""
+
+
+def server_id_of(info: bytes | str) -> bytes:
+    """The ``run_id`` in an ``INFO server`` reply (b"" if there is none)."""
+    text = info.decode() if isinstance(info, bytes) else info
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:") :].strip().encode()
+    return b""
 
 
 class Script:
@@ -69,6 +86,19 @@ class _Call:
     future: asyncio.Future[Any]
 
 
+class Commands(Protocol):
+    """What streams.py needs: one server's CommandPipeline, or a cluster's (cluster_commands.py).
+
+    ``call`` routes by its second argument (the key or shard channel), ``evalsha`` by its first key.
+    """
+
+    async def call(self, *args: EncodableT) -> Any: ...
+
+    async def evalsha(self, script: Script, keys: list[str], args: list[EncodableT]) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
 class CommandPipeline:
     """Queued commands, sent in order over one dedicated connection.
 
@@ -79,6 +109,10 @@ class CommandPipeline:
         runs those calls again (they did not run the first time).
       * At most ``max_batch`` commands go in one round trip; a cancelled caller's
         command is not sent if it has not been sent yet.
+      * An argument :data:`SERVER_ID` is sent as the ``run_id`` of the server that runs the command,
+        read on every (re)connect.
+      * A ``READONLY`` reply (a primary demoted by a failover) drops the connection, so the next
+        round trip connects anew (to the new primary when the connection locates it).
     """
 
     def __init__(self, connection: AbstractConnection, *, timeout: float, max_batch: int = 512) -> None:
@@ -89,6 +123,7 @@ class CommandPipeline:
         self._timeout = timeout
         self._max_batch = max_batch
         self._queue: list[_Call] = []
+        self._server_id = b""
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -101,9 +136,26 @@ class CommandPipeline:
         """
         return await self._enqueue(args, None)
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[EncodableT]) -> Any:
-        """Run ``script`` with ``keys`` and ``args``; return its reply (errors as for :meth:`call`)."""
+    async def evalsha(
+        self, script: Script, keys: list[str], args: list[EncodableT], *, asking: bool = False
+    ) -> Any:
+        """Run ``script`` with ``keys`` and ``args``; return its reply (errors as for :meth:`call`).
+
+        ``asking``: send ``ASKING`` right before it (a Redis Cluster slot being imported here).
+        """
+        if asking:
+            self._enqueue_asking()
         return await self._enqueue(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
+    async def call_asking(self, *args: EncodableT) -> Any:
+        """:meth:`call` preceded by ``ASKING`` on the same connection (Redis Cluster ``-ASK``)."""
+        self._enqueue_asking()
+        return await self._enqueue(args, None)
+
+    def _enqueue_asking(self) -> None:
+        # Queued synchronously right before the command, so it is the command before it on the wire.
+        # Its own reply (OK, or an error the command's reply repeats) is read and dropped.
+        self._enqueue(("ASKING",), None).add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def close(self) -> None:
         """Fail what is queued, stop the sender and close the connection. Idempotent."""
@@ -160,6 +212,8 @@ class CommandPipeline:
         except BaseException:
             self._fail(batch, BackplaneUnavailable("the backplane is closed"))
             raise
+        if any(isinstance(reply, ReadOnlyError) for reply in replies):
+            await self._connection.disconnect(nowait=True)
         for call, reply in zip(batch, replies, strict=True):
             if call.future.done():
                 continue
@@ -174,7 +228,12 @@ class CommandPipeline:
         connection = self._connection
         try:
             async with asyncio.timeout(self._timeout):  # one timer per round trip, not one per reply
-                # send_packed_command connects first when needed (once, within the connect timeout).
+                if not connection.is_connected:
+                    await connection.connect_check_health(check_health=False)
+                    await connection.send_command("INFO", "server")
+                    self._server_id = server_id_of(await connection.read_response())
+                server_id = self._server_id
+                commands = [(*c[:-1], server_id) if c[-1] is SERVER_ID else c for c in commands]
                 await connection.send_packed_command(connection.pack_commands(commands), False)
                 replies: list[Any] = []
                 for _ in commands:

@@ -32,7 +32,7 @@ from tidings.server.cluster.backplane.envelope import (
     ephemeral_envelope,
     offset_of_entry_id,
 )
-from tidings.server.cluster.backplane.pipeline import CommandPipeline, Script
+from tidings.server.cluster.backplane.pipeline import SERVER_ID, Commands, Script
 
 __all__ = ["ChannelStreams"]
 
@@ -41,16 +41,23 @@ HISTORY_SCRIPT = Script(Path(__file__).with_name("history.lua").read_text())
 
 
 class ChannelStreams:
-    """Publishing to and reading from channel streams over one command pipeline.
+    """Publishing to and reading from channel streams over pipelined commands.
 
     Guarantees: publishes whose coroutines first run in some order reach Redis in that order
-    (the pipeline keeps it); errors raise BackplaneUnavailable (pipeline.py).
+    (the pipeline keeps it; on a cluster, per channel); errors raise BackplaneUnavailable
+    (pipeline.py). ``sharded``: publish with SPUBLISH (Redis Cluster).
     """
 
     def __init__(
-        self, pipeline: CommandPipeline, *, key_prefix: str, policies: Mapping[str, HistoryPolicy]
+        self,
+        pipeline: Commands,
+        *,
+        key_prefix: str,
+        policies: Mapping[str, HistoryPolicy],
+        sharded: bool = False,
     ) -> None:
         self._pipeline = pipeline
+        self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self._prefix = key_prefix
         self._policies = dict(policies)
         self._default_policy = self._policies.get("", HistoryPolicy())
@@ -76,13 +83,21 @@ class ChannelStreams:
         payload = encode_payload(data, sender, int(time.time() * 1000))
         pubsub_name = redis_keys.channel_pubsub(self._prefix, channel)
         if ephemeral:
-            await self._pipeline.call("PUBLISH", pubsub_name, ephemeral_envelope(payload))
+            await self._pipeline.call(self._publish_command, pubsub_name, ephemeral_envelope(payload))
             return None
         policy = self._policy(channel)
         epoch, offset = await self._pipeline.evalsha(
             PUBLISH_SCRIPT,
             self._keys(channel),
-            [pubsub_name, payload, policy.size, _ttl_ms(policy), self._new_epoch()],
+            [
+                pubsub_name,
+                payload,
+                policy.size,
+                _ttl_ms(policy),
+                self._new_epoch(),
+                self._publish_command,
+                SERVER_ID,
+            ],
         )
         return StreamPosition(epoch.decode(), int(offset))
 
@@ -112,6 +127,7 @@ class ChannelStreams:
                 max_bytes or 0,
                 int(create),
                 before or 0,
+                SERVER_ID,
             ],
         )
         epoch = epoch_raw.decode()
