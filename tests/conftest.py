@@ -8,10 +8,17 @@ import pytest
 
 from tidings.server.gateway.auth import issue_token
 
+from .support.backends import backend, backend_client
 from .support.node import SECRET, RunningNode, run_node, test_settings
 from .support.redis_server import key_prefix, redis_client, redis_url
 
-__all__ = ["key_prefix", "redis_client", "redis_url"]  # fixtures shared by every test module
+__all__ = [
+    "backend",
+    "backend_client",
+    "key_prefix",
+    "redis_client",
+    "redis_url",
+]  # fixtures shared by every test module
 
 
 @pytest.fixture

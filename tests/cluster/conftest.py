@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from ..support.backends import Backend
 from ..support.cluster import Cluster, start_cluster
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_url: str) -> Iterator[Cluster]:
-    with start_cluster(3, redis_url=redis_url, key_prefix=f"t-{uuid.uuid4().hex[:12]}") as running:
+def cluster(backend: Backend) -> Iterator[Cluster]:
+    with start_cluster(3, redis_url=backend.url, key_prefix=f"t-{uuid.uuid4().hex[:12]}") as running:
         yield running

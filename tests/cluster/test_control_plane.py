@@ -6,10 +6,10 @@ import uuid
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from loadtest.protocol_client import ProtocolClient
 
+from ..support.backends import Backend
 from ..support.cluster import Cluster
 from ..support.node import API_KEY
 from ..support.timing import UNIT, wait_until
@@ -71,7 +71,7 @@ async def test_making_a_room_private_removes_its_non_members_on_every_node(clust
 
 
 async def test_a_kick_sent_while_every_pubsub_link_is_cut_still_removes_the_member(
-    cluster: Cluster, redis_client: aioredis.Redis
+    cluster: Cluster, backend: Backend
 ) -> None:
     """The DELETE goes out while every node's pub/sub link is down: the kick is repaired, not lost."""
     name = f"kick{uuid.uuid4().hex[:8]}"
@@ -81,17 +81,17 @@ async def test_a_kick_sent_while_every_pubsub_link_is_cut_still_removes_the_memb
         assert (await http.put(f"/api/rooms/{name}/members/alice")).status_code == 200
         alices = [await open_subscriber(node.ws_url, "alice", [room, fence]) for node in cluster.nodes]
         try:
-            reconnects = await _pubsub_links(redis_client, cluster)
+            reconnects = await _pubsub_links(backend, cluster)
             # Cut the links, remove the member while they are down, cut them again as they come back.
-            await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await backend.kill_pubsub_links()
             assert (await http.delete(f"/api/rooms/{name}/members/alice")).status_code == 200
-            await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await backend.kill_pubsub_links()
             await wait_until(
                 lambda: all(unsubscribed(alice, room) for alice in alices),
                 timeout=10 * UNIT,
                 what="the kick on every node",
             )
-            assert await _pubsub_links(redis_client, cluster) != reconnects  # the links really were cut
+            assert await _pubsub_links(backend, cluster) != reconnects  # the links really were cut
             await assert_fenced_out(http, cluster, room, fence, alices)
             for alice in alices:  # no node's cache still answers "member"
                 assert (await alice.call("publish", channel=room, data="still here?"))["error"]["code"] == 403
@@ -100,8 +100,8 @@ async def test_a_kick_sent_while_every_pubsub_link_is_cut_still_removes_the_memb
                 await alice.close()
 
 
-async def _pubsub_links(redis_client: aioredis.Redis, cluster: Cluster) -> set[str]:
+async def _pubsub_links(backend: Backend, cluster: Cluster) -> set[str]:
     """The ids of the nodes' pub/sub connections now (they change when a link is cut)."""
-    clients = await redis_client.client_list(_type="pubsub")
+    clients = await backend.pubsub_clients()
     names = {f"node:{node.node_id}:pubsub" for node in cluster.nodes}
-    return {str(c["id"]) for c in clients if any(str(c.get("name", "")).endswith(n) for n in names)}
+    return {str(c["key"]) for c in clients if any(str(c.get("name", "")).endswith(n) for n in names)}

@@ -11,6 +11,7 @@ import pytest
 from tidings.client import Connection
 from tidings.server.gateway.auth import issue_token
 
+from ..support.backends import Backend
 from ..support.cluster import Cluster, start_cluster
 from ..support.node import SECRET
 from ..support.timing import UNIT
@@ -20,9 +21,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.redis]
 
 
 @pytest.fixture
-def own_cluster(redis_url: str, key_prefix: str) -> Iterator[Cluster]:
+def own_cluster(backend: Backend, key_prefix: str) -> Iterator[Cluster]:
     """A cluster of its own: the test kills one of its nodes."""
-    with start_cluster(3, redis_url=redis_url, key_prefix=key_prefix) as running:
+    with start_cluster(3, redis_url=backend.url, key_prefix=key_prefix) as running:
         yield running
 
 

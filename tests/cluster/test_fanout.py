@@ -7,13 +7,13 @@ import uuid
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from loadtest.protocol_client import ProtocolClient
 from tidings.client import Connection
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.gateway.auth import issue_token
 
+from ..support.backends import Backend
 from ..support.cluster import Cluster
 from ..support.node import SECRET
 from ..support.timing import UNIT, wait_until
@@ -24,11 +24,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.redis]
 
 def new_channel(name: str) -> str:
     return f"room:{name}-{uuid.uuid4().hex[:8]}"
-
-
-async def numsub(client: aioredis.Redis, prefix: str, channel: str) -> int:
-    [(_, count)] = await client.pubsub_numsub(redis_keys.channel_pubsub(prefix, channel))
-    return int(count)
 
 
 async def test_every_subscriber_on_every_node_gets_every_publication_once_in_order(cluster: Cluster) -> None:
@@ -77,14 +72,14 @@ async def test_every_subscriber_on_every_node_gets_every_publication_once_in_ord
 
 
 async def test_a_node_without_subscribers_is_not_subscribed_in_redis(
-    cluster: Cluster, redis_client: aioredis.Redis
+    cluster: Cluster, backend: Backend
 ) -> None:
     channel = new_channel("numsub")
     prefix = cluster.key_prefix
 
     async def subscribed_nodes(expected: int) -> None:
         async def check() -> bool:
-            return await numsub(redis_client, prefix, channel) == expected
+            return await backend.numsub(redis_keys.channel_pubsub(prefix, channel)) == expected
 
         await wait_until(check, what=f"PUBSUB NUMSUB {channel} == {expected}")
 
@@ -93,7 +88,7 @@ async def test_a_node_without_subscribers_is_not_subscribed_in_redis(
     third = await open_subscriber(cluster.nodes[1].ws_url, "c", [channel])
     try:
         await subscribed_nodes(2)  # node-1 once for two subscribers, node-2 once, node-3 not at all
-        pubsub_channels = await redis_client.pubsub_channels(f"{prefix}:*")
+        pubsub_channels = await backend.subscribed_channels(f"{prefix}:*")
         assert redis_keys.channel_pubsub(prefix, channel).encode() in pubsub_channels
         await first.result("unsubscribe", channel=channel)
         await subscribed_nodes(2)  # node-1 still has a subscriber
@@ -101,7 +96,7 @@ async def test_a_node_without_subscribers_is_not_subscribed_in_redis(
         await subscribed_nodes(1)
         await third.result("unsubscribe", channel=channel)
         await subscribed_nodes(0)
-        assert redis_keys.channel_pubsub(prefix, channel).encode() not in await redis_client.pubsub_channels(
+        assert redis_keys.channel_pubsub(prefix, channel).encode() not in await backend.subscribed_channels(
             f"{prefix}:*"
         )
     finally:
@@ -110,7 +105,7 @@ async def test_a_node_without_subscribers_is_not_subscribed_in_redis(
 
 
 async def test_dropping_every_nodes_pubsub_link_mid_stream_loses_nothing(
-    cluster: Cluster, redis_client: aioredis.Redis
+    cluster: Cluster, backend: Backend
 ) -> None:
     """CLIENT KILL of each node's pub/sub connection while a backend publishes: nodes repair from history."""
     channel = new_channel("drop")
@@ -134,22 +129,20 @@ async def test_dropping_every_nodes_pubsub_link_mid_stream_loses_nothing(
             try:
                 for round_ in range(1, 3):
                     await wait_until(lambda r=round_: published >= 30 * r)  # type: ignore[misc]
-                    before = {e["id"] for e in await redis_client.client_list(_type="pubsub")}
-                    killed = [
-                        await redis_client.client_kill_filter(_id=entry["id"])
-                        for entry in await redis_client.client_list(_type="pubsub")
-                        if entry.get("name", "").startswith(links)
-                    ]
-                    assert len(killed) == 3
+                    entries = await backend.pubsub_clients()
+                    before = {e["key"] for e in entries}
+                    ours = [e for e in entries if e.get("name", "").startswith(links)]
+                    assert len(ours) == 3 * len(backend.servers)  # a link per node (per shard on a cluster)
+                    await backend.kill_pubsub_links()
 
-                    async def relinked(before: set[str] = before) -> bool:
-                        entries = await redis_client.client_list(_type="pubsub")
+                    async def relinked(before: set[str] = before, count: int = len(ours)) -> bool:
+                        entries = await backend.pubsub_clients()
                         fresh = [
                             e
                             for e in entries
-                            if e.get("name", "").startswith(links) and e["id"] not in before
+                            if e.get("name", "").startswith(links) and e["key"] not in before
                         ]
-                        return len(fresh) == 3
+                        return len(fresh) == count
 
                     await wait_until(relinked, what="every node to reconnect its pub/sub link")
                 await wait_until(lambda: published >= 100)

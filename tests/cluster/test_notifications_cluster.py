@@ -15,13 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from tidings.client import Connection
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.gateway.auth import issue_token
 from tidings.server.jobs.queue_redis import RedisJobQueue
 
+from ..support.backends import Backend
 from ..support.cluster import Cluster, NodeProcess, start_cluster
 from ..support.node import API_KEY, SECRET
 from ..support.timing import UNIT, wait_until
@@ -38,11 +39,11 @@ JOBS_OFF = {"TIDINGS_JOBS": "off"}
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_url: str) -> Iterator[Cluster]:
+def cluster(backend: Backend) -> Iterator[Cluster]:
     """Three nodes; only node-3 takes jobs."""
     with start_cluster(
         3,
-        redis_url=redis_url,
+        redis_url=backend.url,
         key_prefix=f"t-{uuid.uuid4().hex[:12]}",
         env=FAST_JOBS,
         node_env={"node-1": JOBS_OFF, "node-2": JOBS_OFF},
@@ -110,14 +111,14 @@ async def jobs_settled(http: httpx.AsyncClient) -> bool:
     return bool(counts["pending"] == counts["running"] == counts["delayed"] == 0)
 
 
-async def inbox_sizes(client: aioredis.Redis, key_prefix: str, users: list[str]) -> list[int]:
+async def inbox_sizes(client: StoreClient, key_prefix: str, users: list[str]) -> list[int]:
     async with client.pipeline(transaction=False) as pipe:
         for user in users:
             pipe.hlen(redis_keys.inbox_items(key_prefix, user))
         return [int(n) for n in await pipe.execute()]
 
 
-async def subscribe_all(client: aioredis.Redis, key_prefix: str, topic: str, users: list[str]) -> None:
+async def subscribe_all(client: StoreClient, key_prefix: str, topic: str, users: list[str]) -> None:
     async with client.pipeline(transaction=False) as pipe:
         for start in range(0, len(users), 1000):
             pipe.sadd(redis_keys.topic_subscribers(key_prefix, topic), *users[start : start + 1000])
@@ -173,11 +174,11 @@ async def test_repeated_request_with_the_same_dedupe_key_notifies_once(cluster: 
 
 
 async def test_topic_of_20000_fans_out_completely_once_and_the_request_returns_fast(
-    cluster: Cluster, redis_client: aioredis.Redis
+    cluster: Cluster, backend_client: StoreClient
 ) -> None:
     topic, prefix = unique("release"), cluster.key_prefix
     users = [f"{topic}-s{i:05d}" for i in range(20_000)]
-    await subscribe_all(redis_client, prefix, topic, users)
+    await subscribe_all(backend_client, prefix, topic, users)
     async with http_clients(cluster) as (http1, _, http3), connected(cluster.nodes[1], users[7]) as online:
         await http1.get("/api/jobs")  # warm the HTTP connection
         started = time.perf_counter()
@@ -186,17 +187,17 @@ async def test_topic_of_20000_fans_out_completely_once_and_the_request_returns_f
         assert elapsed < 0.2, f"POST /api/notifications took {elapsed * 1000:.0f} ms"
         assert sent["recipients"] == 20_000
         await wait_until(lambda: jobs_settled(http3), timeout=120 * UNIT, what="fan-out job done")
-        sizes = await inbox_sizes(redis_client, prefix, users)
+        sizes = await inbox_sizes(backend_client, prefix, users)
         assert sizes.count(1) == 20_000, "every inbox holds the notification exactly once"
         pushes = await pushes_within(online, "notification", 0.5)
         assert [p["notification"]["id"] for p in pushes] == [sent["id"]]
 
 
 async def test_a_job_that_always_fails_ends_in_the_dead_letter_stream_after_n_tries(
-    cluster: Cluster, redis_client: aioredis.Redis
+    cluster: Cluster, backend_client: StoreClient
 ) -> None:
     """A notify job with no notification raises on every run: 3 runs (TIDINGS_JOB_MAX_ATTEMPTS), then dead."""
-    queue = RedisJobQueue(redis_client, key_prefix=cluster.key_prefix)
+    queue = RedisJobQueue(backend_client, key_prefix=cluster.key_prefix)
     job_id = await queue.enqueue("notify", {"audience": {"topic": "broken"}})
     async with http_clients(cluster) as (http1, _, _):
 
@@ -207,13 +208,13 @@ async def test_a_job_that_always_fails_ends_in_the_dead_letter_stream_after_n_tr
         await wait_until(buried, timeout=30 * UNIT, what="job dead-lettered")
         [letter] = [d for d in (await http1.get("/api/jobs/dead")).json()["dead"] if d["id"] == job_id]
         assert letter["attempts"] == 3 and "KeyError" in letter["error"]
-        entries = await redis_client.xrange(redis_keys.jobs_dead(cluster.key_prefix))
+        entries = await backend_client.xrange(redis_keys.jobs_dead(cluster.key_prefix))
         assert sum(job_id.encode() in fields[b"job"] for _, fields in entries) == 1
         await wait_until(lambda: jobs_settled(http1), what="nothing left pending")
 
 
 async def test_with_jobs_off_on_two_of_three_nodes_the_third_does_all_jobs(
-    cluster: Cluster, redis_client: aioredis.Redis
+    cluster: Cluster, backend_client: StoreClient
 ) -> None:
     topic, user = unique("ops"), unique("lee")
     async with http_clients(cluster) as clients:
@@ -226,20 +227,20 @@ async def test_with_jobs_off_on_two_of_three_nodes_the_third_does_all_jobs(
         assert [s["jobs"] for s in stats] == [False, False, True]
         assert stats[2]["done"] - before >= 12
         assert (await clients[1].get(f"/api/users/{user}/notifications")).json()["unread"] == 12
-    consumers = await redis_client.xinfo_consumers(redis_keys.jobs_stream(cluster.key_prefix), "workers")
+    consumers = await backend_client.xinfo_consumers(redis_keys.jobs_stream(cluster.key_prefix), "workers")
     assert {c["name"].decode() for c in consumers} == {"node-3"}  # node-1 and node-2 never read a job
 
 
 async def test_sigkill_during_fan_out_another_node_finishes_it_and_no_inbox_gets_it_twice(
-    redis_url: str, redis_client: aioredis.Redis
+    backend: Backend, backend_client: StoreClient
 ) -> None:
     """6,000 subscribers, batches of 200 with a pause: kill the node running the job once a few
     batches are done; the other node reclaims it after the visibility timeout and finishes it."""
     prefix, topic = f"t-{uuid.uuid4().hex[:12]}", "incident"
     users = [f"u{i:04d}" for i in range(6000)]
-    await subscribe_all(redis_client, prefix, topic, users)
+    await subscribe_all(backend_client, prefix, topic, users)
     env = {**FAST_JOBS, "TIDINGS_FANOUT_BATCH_SIZE": "200", "TIDINGS_FANOUT_BATCH_INTERVAL": "0.1"}
-    with start_cluster(2, redis_url=redis_url, key_prefix=prefix, env=env) as cluster:
+    with start_cluster(2, redis_url=backend.url, key_prefix=prefix, env=env) as cluster:
         async with (
             http_clients(cluster) as clients,
             connected(cluster.nodes[0], users[-1]) as on_1,
@@ -252,22 +253,22 @@ async def test_sigkill_during_fan_out_another_node_finishes_it_and_no_inbox_gets
             runner: list[str] = []
 
             async def taken() -> bool:
-                pending = await redis_client.xpending_range(stream, "workers", "-", "+", 10)
+                pending = await backend_client.xpending_range(stream, "workers", "-", "+", 10)
                 runner[:] = [p["consumer"].decode() for p in pending]
                 return len(runner) == 1
 
             await wait_until(taken, what="the fan-out job taken by a node")
             await wait_until(
-                lambda: _filled_at_least(redis_client, prefix, users, 1000), what="a few batches delivered"
+                lambda: _filled_at_least(backend_client, prefix, users, 1000), what="a few batches delivered"
             )
             [victim] = [n for n in cluster.nodes if n.node_id == runner[0]]
             victim.kill()
-            filled = sum(await inbox_sizes(redis_client, prefix, users))
+            filled = sum(await inbox_sizes(backend_client, prefix, users))
             assert 1000 <= filled < 6000, f"killed at {filled} of 6000: not halfway"
             survivor = next(n for n in cluster.nodes if n is not victim)
             survivor_http = clients[cluster.nodes.index(survivor)]
             await wait_until(lambda: jobs_settled(survivor_http), timeout=60 * UNIT, what="job finished")
-            sizes = await inbox_sizes(redis_client, prefix, users)
+            sizes = await inbox_sizes(backend_client, prefix, users)
             assert sizes.count(1) == 6000, f"inbox sizes {set(sizes)}: every inbox exactly once"
             counts = await jobs_of(survivor_http)
             assert counts["node"]["done"] == 1 and counts["dead"] == 0
@@ -276,5 +277,5 @@ async def test_sigkill_during_fan_out_another_node_finishes_it_and_no_inbox_gets
             assert [p["notification"]["id"] for p in pushes] == [sent["id"]]
 
 
-async def _filled_at_least(client: aioredis.Redis, prefix: str, users: list[str], count: int) -> bool:
+async def _filled_at_least(client: StoreClient, prefix: str, users: list[str], count: int) -> bool:
     return sum(await inbox_sizes(client, prefix, users)) >= count

@@ -10,12 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from tidings.client import CallError, Connection
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.gateway.auth import issue_token
 
+from ..support.backends import Backend
 from ..support.cluster import Cluster, NodeProcess, start_cluster
 from ..support.node import API_KEY, SECRET
 from ..support.timing import UNIT, wait_until
@@ -148,10 +149,10 @@ async def test_typing_indicator_crosses_nodes(cluster: Cluster) -> None:
         await reader.close()
 
 
-async def test_sigkilled_node_is_removed_from_presence_once(redis_url: str) -> None:
+async def test_sigkilled_node_is_removed_from_presence_once(backend: Backend) -> None:
     """SIGKILL a node holding 50 connections: within 10 s they leave presence, each leave announced once."""
     room = f"room:k{uuid.uuid4().hex[:8]}"
-    with start_cluster(3, redis_url=redis_url, key_prefix=f"t-{uuid.uuid4().hex[:12]}") as cluster:
+    with start_cluster(3, redis_url=backend.url, key_prefix=f"t-{uuid.uuid4().hex[:12]}") as cluster:
         doomed_node = cluster.nodes[0]
         watchers = [
             await open_connection(node.ws_url, f"w{i}", [room]) for i, node in enumerate(cluster.nodes[1:])
@@ -189,12 +190,12 @@ async def test_sigkilled_node_is_removed_from_presence_once(redis_url: str) -> N
 
 
 async def test_fast_restart_under_the_same_node_id_sweeps_the_dead_incarnation(
-    redis_url: str, redis_client: aioredis.Redis
+    backend: Backend, backend_client: StoreClient
 ) -> None:
     """SIGKILL a node and start it again at once with the same node id: within 10 s its old connections
     leave presence, each leave announced once, and the connections of the new process stay."""
     room = f"room:r{uuid.uuid4().hex[:8]}"
-    with start_cluster(2, redis_url=redis_url, key_prefix=f"t-{uuid.uuid4().hex[:12]}") as cluster:
+    with start_cluster(2, redis_url=backend.url, key_prefix=f"t-{uuid.uuid4().hex[:12]}") as cluster:
         prefix = cluster.key_prefix
         watcher = await open_connection(cluster.nodes[0].ws_url, "watcher", [room])
         old = await asyncio.gather(
@@ -233,9 +234,9 @@ async def test_fast_restart_under_the_same_node_id_sweeps_the_dead_incarnation(
                 assert time.monotonic() - killed_at < 10 * UNIT
 
                 async def swept() -> bool:  # the sweep announces the leaves, then unregisters the dead
-                    registered = await redis_client.smembers(redis_keys.nodes(prefix))
+                    registered = await backend_client.smembers(redis_keys.nodes(prefix))
                     alive = [
-                        await redis_client.exists(redis_keys.node_alive(prefix, n.decode()))
+                        await backend_client.exists(redis_keys.node_alive(prefix, n.decode()))
                         for n in registered
                     ]
                     return all(alive)
