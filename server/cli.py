@@ -1,7 +1,7 @@
 """``tidings``: run a node or a local cluster, and talk to one from a shell.
 
 tidings serve [--host H] [--port P] [--shared-port S]   one node
-tidings up [--nodes N]                                  a local cluster on an embedded Valkey
+tidings up [--nodes N] [--shards S [--replicas R]]      a local cluster on an embedded Valkey
 tidings token USER [--ttl SECONDS]                      sign a token with TIDINGS_JWT_SECRET
 tidings publish CHANNEL JSON [--url URL]                POST /api/publish
 tidings notify TITLE (--user U | --topic T | --all)     POST /api/notifications
@@ -125,7 +125,9 @@ def notify(args: argparse.Namespace) -> int:
 def up(args: argparse.Namespace) -> int:
     from tidings.server.devcluster.supervisor import run_cluster
 
-    return run_cluster(nodes=args.nodes, host=args.host, port=args.port)
+    return run_cluster(
+        nodes=args.nodes, host=args.host, port=args.port, shards=args.shards, replicas=args.replicas
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="the shared port; node i also listens on port+i")
+    p.add_argument(
+        "--shards", type=int, default=0, help="run a local Redis Cluster of this many primaries instead"
+    )
+    p.add_argument("--replicas", type=int, default=0, help="with --shards: replicas per primary")
     p.set_defaults(run=up)
 
     p = commands.add_parser("token", help="print a token for USER, signed with TIDINGS_JWT_SECRET")

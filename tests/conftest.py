@@ -11,14 +11,19 @@ from tidings.server.gateway.auth import issue_token
 from .support.backends import backend, backend_client
 from .support.node import SECRET, RunningNode, run_node, test_settings
 from .support.redis_server import key_prefix, redis_client, redis_url
+from .support.redis_topologies import fresh_cluster, fresh_sentinel, redis_cluster, topology_binary
 
-__all__ = [
+__all__ = [  # fixtures shared by every test module
     "backend",
     "backend_client",
+    "fresh_cluster",
+    "fresh_sentinel",
     "key_prefix",
     "redis_client",
+    "redis_cluster",
     "redis_url",
-]  # fixtures shared by every test module
+    "topology_binary",
+]
 
 
 @pytest.fixture

@@ -1,13 +1,16 @@
-"""``tidings up --nodes N``: a whole local cluster in one command.
+"""``tidings up --nodes N [--shards S [--replicas R]]``: a whole local cluster in one command.
 
 It starts, in order: an embedded Valkey server (valkey.py) unless
-``TIDINGS_REDIS_URL`` is set; then N ``tidings serve`` processes that all listen
+``TIDINGS_REDIS_URL`` is set, or with ``--shards`` a Redis Cluster of S primaries
+with R replicas each (redis_cluster.py) whose ``redis+cluster://`` URL, naming the
+primaries as seeds, the nodes get; then N ``tidings serve`` processes that all listen
 on the shared port with ``SO_REUSEPORT`` (the kernel spreads connections over
 them) and each on its own port ``port + i``. They share one JWT secret (made up
 unless ``TIDINGS_JWT_SECRET`` is set), one key prefix, and dev mode.
 
 Guarantees: Ctrl-C or SIGTERM stops everything it started (nodes: terminate,
-wait, kill; then Valkey) and removes the temporary directory. If a node dies on
+wait, kill; then Valkey or every server of the Redis Cluster) and removes the
+temporary directory. The nodes start only once the Redis Cluster has formed. If a node dies on
 its own, everything stops and the exit code is 1. The children run in their own
 process group, so a Ctrl-C in the terminal reaches them only through this
 process, in order; on Linux they also get SIGTERM should this process die
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TextIO
 
+from tidings.server.devcluster import redis_cluster
+from tidings.server.devcluster.topology import TopologyError
 from tidings.server.devcluster.valkey import ValkeyServer, ValkeyUnavailable, die_with_parent
 
 __all__ = ["ClusterError", "LocalCluster", "run_cluster"]
@@ -67,14 +72,31 @@ def _healthz(host: str, port: int) -> str | None:
 
 
 class LocalCluster:
-    """Valkey (optional) plus N node processes; :meth:`stop` undoes whatever :meth:`start` did."""
+    """Valkey or a Redis Cluster (unless a URL is given) plus N node processes; :meth:`stop` undoes
+    whatever :meth:`start` did.
 
-    def __init__(self, nodes: int, host: str, port: int, environ: Mapping[str, str]) -> None:
+    With ``shards`` > 0 the store is a Redis Cluster of that many primaries with ``replicas``
+    replicas each; otherwise one server.
+    """
+
+    def __init__(
+        self,
+        nodes: int,
+        host: str,
+        port: int,
+        environ: Mapping[str, str],
+        *,
+        shards: int = 0,
+        replicas: int = 0,
+    ) -> None:
         self.nodes = nodes
         self.host = host
         self.port = port
         self.environ = dict(environ)
+        self.shards = shards
+        self.replicas = replicas
         self.valkey: ValkeyServer | None = None
+        self.redis_cluster: redis_cluster.LocalCluster | None = None
         self.children: list[NodeProcess] = []
 
     @property
@@ -82,17 +104,16 @@ class LocalCluster:
         return self.environ["TIDINGS_REDIS_URL"]
 
     def start(self) -> None:
-        """Start Valkey (unless a URL is given) and the nodes; does not wait for them.
+        """Start the store (unless a URL is given), then the nodes; does not wait for the nodes.
 
         Raises:
-            ClusterError: no Valkey binary, or Valkey did not start.
+            ClusterError: no server binary, a server did not start, or the Redis Cluster did not form.
         """
         if not self.environ.get("TIDINGS_REDIS_URL"):
             try:
-                self.valkey = ValkeyServer().start()
-            except ValkeyUnavailable as exc:
+                self.environ["TIDINGS_REDIS_URL"] = self._start_store()
+            except (ValkeyUnavailable, TopologyError) as exc:
                 raise ClusterError(str(exc)) from exc
-            self.environ["TIDINGS_REDIS_URL"] = self.valkey.url
         self.environ.setdefault("TIDINGS_JWT_SECRET", secrets.token_urlsafe(32))
         self.environ.setdefault("TIDINGS_KEY_PREFIX", "tidings")
         self.environ["TIDINGS_DEV"] = "1"
@@ -111,6 +132,15 @@ class LocalCluster:
                 preexec_fn=die_with_parent,
             )
             self.children.append(NodeProcess(node_id, self.port + i, process))
+
+    def _start_store(self) -> str:
+        """Start one Valkey, or a Redis Cluster when ``shards`` is set; return the URL to give the nodes."""
+        if self.shards:
+            # Kept before start() returns, so that stop() cleans up a cluster that failed to form.
+            self.redis_cluster = redis_cluster.LocalCluster(self.shards, self.replicas)
+            return self.redis_cluster.start().url
+        self.valkey = ValkeyServer().start()
+        return self.valkey.url
 
     def wait_healthy(self, timeout: float, stop: threading.Event) -> bool:
         """Wait until every node answers ``/healthz`` with its id; False if ``stop`` was set first.
@@ -144,7 +174,7 @@ class LocalCluster:
         return None
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
-        """Stop the nodes (terminate, wait, kill), then Valkey. Idempotent."""
+        """Stop the nodes (terminate, wait, kill), then Valkey or the Redis Cluster. Idempotent."""
         for child in self.children:
             if child.process.poll() is None:
                 child.process.terminate()
@@ -159,10 +189,18 @@ class LocalCluster:
         if self.valkey is not None:
             self.valkey.stop()
             self.valkey = None
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
+            self.redis_cluster = None
 
     def describe(self) -> str:
         probe = _probe_host(self.host)
-        where = f"embedded Valkey, data in {self.valkey.data_dir}" if self.valkey else "TIDINGS_REDIS_URL"
+        where = "TIDINGS_REDIS_URL"
+        if self.valkey is not None:
+            where = f"embedded Valkey, data in {self.valkey.data_dir}"
+        elif self.redis_cluster is not None:
+            shape = f"{self.shards} primaries, {self.replicas} replica(s) each"
+            where = f"local Redis Cluster of {shape}, data in {self.redis_cluster.data_dir}"
         lines = [
             f"Tidings: {len(self.children)} nodes on {self.redis_url} ({where})",
             f"  http://{probe}:{self.port}/   web UI; any node (SO_REUSEPORT)",
@@ -174,25 +212,43 @@ class LocalCluster:
         return "\n".join(lines)
 
 
+def _bad_arguments(
+    nodes: int, port: int, shards: int, replicas: int, environ: Mapping[str, str]
+) -> str | None:
+    if not 1 <= nodes <= 64 or not 0 < port <= 65535 - nodes:
+        return "--nodes must be 1-64 and --port + nodes a valid port"
+    if not 0 <= shards <= 16 or not 0 <= replicas <= 4:
+        return "--shards must be 1-16 and --replicas 0-4"
+    if replicas and not shards:
+        return "--replicas needs --shards (replicas of the Redis Cluster's primaries)"
+    if shards and environ.get("TIDINGS_REDIS_URL"):
+        return "--shards starts a Redis Cluster of its own: unset TIDINGS_REDIS_URL"
+    return None
+
+
 def run_cluster(
     nodes: int,
     host: str,
     port: int,
     *,
+    shards: int = 0,
+    replicas: int = 0,
     environ: Mapping[str, str] | None = None,
     health_timeout: float = 30.0,
     out: TextIO | None = None,
 ) -> int:
-    """Run a local cluster until Ctrl-C or SIGTERM.
+    """Run a local cluster until Ctrl-C or SIGTERM; with ``shards``, on a local Redis Cluster.
 
     Returns:
         0 after a requested stop; 1 if the cluster failed to start or a node died; 2 for bad arguments.
     """
     out = out if out is not None else sys.stdout
-    if not 1 <= nodes <= 64 or not 0 < port <= 65535 - nodes:
-        print("tidings up: --nodes must be 1-64 and --port + nodes a valid port", file=sys.stderr)
+    environ = os.environ if environ is None else environ
+    problem = _bad_arguments(nodes, port, shards, replicas, environ)
+    if problem is not None:
+        print(f"tidings up: {problem}", file=sys.stderr)
         return 2
-    cluster = LocalCluster(nodes, host, port, os.environ if environ is None else environ)
+    cluster = LocalCluster(nodes, host, port, environ, shards=shards, replicas=replicas)
     stop = threading.Event()
     restore = _on_signals((signal.SIGINT, signal.SIGTERM), lambda: stop.set())
     try:

