@@ -4,7 +4,7 @@
 and a few ways to look at, or break, the deployment from outside whatever its shape:
 
 * ``client()``: a data client (redis-py's ``RedisCluster`` on a cluster, which routes by key);
-* ``kill_pubsub_links()``: ``CLIENT KILL TYPE pubsub`` on every server (every shard primary);
+* ``kill_pubsub_links()``: ``CLIENT KILL`` of every node's pub/sub link on every server;
 * ``pubsub_clients()`` and ``subscribed_channels(pattern)``: what the servers see subscribed
   (``PUBSUB CHANNELS`` on one server, ``PUBSUB SHARDCHANNELS`` on each primary of a cluster).
 """
@@ -55,18 +55,24 @@ class Backend:
                 await client.aclose()
 
     async def kill_pubsub_links(self) -> None:
-        """Drop every pub/sub connection on every server (the nodes' links must recover)."""
+        """Drop every node's pub/sub link on every server (the links must recover).
+
+        By name, not ``TYPE pubsub``: a shard link with no subscription yet is not in pub/sub mode.
+        """
         async with self._each_server() as clients:
             for client in clients:
-                await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                for entry in await client.client_list():
+                    if str(entry.get("name", "")).endswith(":pubsub"):
+                        await client.client_kill_filter(_id=entry["id"])
 
     async def pubsub_clients(self) -> list[dict[str, Any]]:
-        """``CLIENT LIST TYPE pubsub`` of every server, one list; ``key`` is unique across servers."""
+        """The nodes' pub/sub links on every server (named ``...:pubsub``); ``key`` is unique across servers."""
         entries = []
         async with self._each_server() as clients:
             for i, client in enumerate(clients):
-                for entry in await client.client_list(_type="pubsub"):
-                    entries.append({**entry, "key": f"{i}:{entry['id']}"})
+                for entry in await client.client_list():
+                    if str(entry.get("name", "")).endswith(":pubsub"):
+                        entries.append({**entry, "key": f"{i}:{entry['id']}"})
         return entries
 
     async def numsub(self, name: str) -> int:
