@@ -56,7 +56,13 @@ class Recorder:
 OpenBackplane = Callable[..., Awaitable[tuple[Backplane, Recorder]]]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
+    ]
+)
 async def open_backplane(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[OpenBackplane]:
     """``await open_backplane(policies=...)`` → a started backplane and the recorder it delivers to."""
     opened: list[Backplane] = []
@@ -66,7 +72,10 @@ async def open_backplane(request: pytest.FixtureRequest, key_prefix: str) -> Asy
         if request.param == "memory":
             backplane = InMemoryBackplane(node_id="n1", policies=policies)
         else:
-            url = request.getfixturevalue("redis_url")
+            if request.param == "cluster":  # a 3-primary Redis Cluster: sharded pub/sub, a link per shard
+                url = request.getfixturevalue("redis_cluster").url
+            else:
+                url = request.getfixturevalue("redis_url")
             backplane = RedisBackplane(
                 url, node_id=f"n{len(opened) + 1}", key_prefix=key_prefix, policies=policies
             )

@@ -188,7 +188,6 @@ def test_up_with_shards_forms_a_redis_cluster_before_the_nodes_and_gives_them_it
     )
 
 
-@pytest.mark.xfail(reason="needs the cluster backplane", strict=False)
 def test_up_with_shards_runs_the_nodes_on_a_local_redis_cluster() -> None:
     if find_server_binary() is None:
         missing_tool("no Valkey/Redis server binary")
@@ -220,14 +219,18 @@ def test_up_with_shards_runs_the_nodes_on_a_local_redis_cluster() -> None:
 
         try:
             # The nodes start only once the cluster has formed: then up has 3 servers and 2 nodes.
+            # A child counts as a node once it has exec'd (before, its command line is up's own).
+            def serving() -> list[int]:
+                return [pid for pid in children_of(up.pid) if "serve" in cmdline(pid)]
+
             wait_until_sync(
-                lambda: len(children_of(up.pid)) == 5 or up.poll() is not None,
+                lambda: (len(children_of(up.pid)) == 5 and len(serving()) == 2) or up.poll() is not None,
                 timeout=30 * UNIT,
                 what="the cluster and the nodes to start",
             )
             assert up.poll() is None, printed()
             started = children_of(up.pid)
-            nodes = [pid for pid in started if "serve" in cmdline(pid)]
+            nodes = serving()
             assert len(nodes) == 2  # and 3 servers (their process title hides their arguments)
             (url,) = {environ_of(pid)["TIDINGS_REDIS_URL"] for pid in nodes}
             seeds = seed_ports(url)
