@@ -17,8 +17,9 @@ The hierarchy::
                                   (``tidings.server.http.routes``)
 
 Outside the node, for the development cluster and the client library (not TidingsError):
-``ValkeyUnavailable`` and ``ClusterError`` (``tidings.server.devcluster``), ``PublishError``,
-``CallError`` and ``ConnectionClosed`` (``tidings.client``).
+``ValkeyUnavailable``, ``ClusterError``, ``TopologyError`` and ``RespError``
+(``tidings.server.devcluster``), ``PublishError``, ``CallError`` and ``ConnectionClosed``
+(``tidings.client``).
 
 The classes defined here are the ones that several packages raise or catch; the others stay
 next to the code that raises them and derive from :class:`TidingsError`. This module imports

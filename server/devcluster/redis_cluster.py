@@ -305,7 +305,9 @@ class LocalCluster:
         promoted: list[ClusterNode] = []
 
         def check() -> str | None:
-            witness = next(node for node in self.nodes if node.alive)
+            witness = next((node for node in self.nodes if node.alive), None)
+            if witness is None:
+                return "no node of the cluster is alive"
             owner_port = next(
                 (
                     primary

@@ -65,6 +65,18 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def stop_up(up: subprocess.Popen[bytes]) -> None:
+    """Stop ``tidings up`` however the test ended: SIGTERM lets it stop its children and remove its
+    data directory; SIGKILL (its children then get SIGTERM, but the directory stays) only if it hangs."""
+    if up.poll() is None:
+        up.terminate()
+        try:
+            up.wait(30 * UNIT)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+
+
 def readyz(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2.0) as response:
@@ -147,9 +159,7 @@ def test_up_starts_two_nodes_on_a_shared_port_and_stops_cleanly_on_sigint() -> N
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- tidings up printed:\n{printed()[-4000:]}") from exc
         finally:
-            if up.poll() is None:
-                up.kill()
-                up.wait()
+            stop_up(up)
 
 
 def test_up_refuses_replicas_without_shards_and_shards_with_a_url_of_its_own(
@@ -256,6 +266,4 @@ def test_up_with_shards_runs_the_nodes_on_a_local_redis_cluster() -> None:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- tidings up printed:\n{printed()[-4000:]}") from exc
         finally:
-            if up.poll() is None:
-                up.kill()
-                up.wait()
+            stop_up(up)
