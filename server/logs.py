@@ -18,7 +18,7 @@ import time
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "bind_connection", "configure_logging", "connection_id"]
+__all__ = ["JsonFormatter", "PerConnectionNoise", "bind_connection", "configure_logging", "connection_id"]
 
 connection_id: ContextVar[str | None] = ContextVar("tidings_connection_id", default=None)
 
@@ -26,6 +26,19 @@ _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+
+class PerConnectionNoise(logging.Filter):
+    """Drops the INFO lines uvicorn and websockets write for every WebSocket opened and closed.
+
+    A line per handshake is a syscall and a JSON encoding per connect, several percent of a
+    connect storm's CPU, and says nothing ``tidings_connections`` does not. At DEBUG they stay.
+    """
+
+    _TEMPLATES = frozenset({'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.INFO or record.msg not in self._TEMPLATES
 
 
 def bind_connection(client_id: str) -> None:
@@ -81,6 +94,12 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    if level.upper() != "DEBUG":
+        # websockets' server logger says nothing but per-connection INFO; uvicorn's mixes it with start-up.
+        logging.getLogger("websockets.server").setLevel(logging.WARNING)
+        noisy = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, PerConnectionNoise) for f in noisy.filters):
+            noisy.addFilter(PerConnectionNoise())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # uvicorn's default log config gives these their own handlers; one format for the whole node.
         # A logger uvicorn switched off (``access_log=False``: no handlers, no propagation) stays off.

@@ -22,6 +22,7 @@ from prometheus_client.core import Metric
 from tidings.server.cluster.backplane import Backplane, Publication
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.backplane.memory import InMemoryBackplane
+from tidings.server.cluster.backplane.pipeline import Commands
 from tidings.server.cluster.control import ControlPlane
 from tidings.server.cluster.lease import Lease, LocalLease, RedisLease
 from tidings.server.cluster.liveness import NodeLiveness, new_incarnation
@@ -85,10 +86,11 @@ async def start_node(
     redis_client = _redis_client(settings, stack)
     node_backplane = backplane if backplane is not None else make_backplane(settings)
     incarnation = new_incarnation(settings.node_id)  # this process, distinct from any restart under the id
-    presence, rooms = _membership(settings, redis_client, incarnation)
+    commands = _pipelined_commands(node_backplane)
+    presence, rooms = _membership(settings, redis_client, incarnation, commands)
     job_queue, promote_lease = _job_queue(settings, redis_client)
     notifier = Notifier(
-        _notification_store(settings, redis_client),
+        _notification_store(settings, redis_client, commands),
         job_queue,
         node_backplane,
         batch_size=settings.fanout_batch_size,
@@ -158,20 +160,36 @@ def _redis_client(settings: Settings, stack: contextlib.AsyncExitStack) -> Store
     return client
 
 
+def _pipelined_commands(backplane: Backplane) -> Commands | None:
+    """The Redis backplane's pipelined commands, which the stores' per-connect calls share: the
+    calls of every connect in one event-loop turn go out in one round trip (per shard)."""
+    from tidings.server.cluster.backplane.redis import RedisBackplane  # only when Redis is used
+
+    return backplane.commands if isinstance(backplane, RedisBackplane) else None
+
+
 def _membership(
-    settings: Settings, client: StoreClient | None, incarnation: str
+    settings: Settings, client: StoreClient | None, incarnation: str, commands: Commands | None
 ) -> tuple[Presence, CachedRooms]:
     if client is None:
         return InMemoryPresence(), CachedRooms(InMemoryRooms())
-    presence = RedisPresence(client, key_prefix=settings.key_prefix, incarnation=incarnation)
+    presence = RedisPresence(
+        client, key_prefix=settings.key_prefix, incarnation=incarnation, commands=commands
+    )
     return presence, CachedRooms(RedisRooms(client, key_prefix=settings.key_prefix))
 
 
-def _notification_store(settings: Settings, client: StoreClient | None) -> NotificationStore:
+def _notification_store(
+    settings: Settings, client: StoreClient | None, commands: Commands | None
+) -> NotificationStore:
     if client is None:
         return InMemoryNotificationStore(inbox_size=settings.inbox_size, inbox_ttl=settings.inbox_ttl)
     return RedisNotificationStore(
-        client, key_prefix=settings.key_prefix, inbox_size=settings.inbox_size, inbox_ttl=settings.inbox_ttl
+        client,
+        key_prefix=settings.key_prefix,
+        inbox_size=settings.inbox_size,
+        inbox_ttl=settings.inbox_ttl,
+        commands=commands,
     )
 
 

@@ -377,6 +377,30 @@ async def test_dropping_the_pubsub_link_while_publishing_loses_nothing(
 
 
 @pytest.mark.redis
+async def test_position_is_the_last_publication_handed_on_and_unknown_while_a_gap_is_open(
+    redis_backplanes: Callable[..., Awaitable[RedisBackplane]], redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    """What a connect may use instead of a top() round trip: exact when known, None when it may lag."""
+    recorder = Recorder()
+    subscriber = await redis_backplanes(recorder)
+    publisher = await redis_backplanes(Recorder())
+    assert subscriber.position("room:pos") is None  # not subscribed here
+    await subscriber.subscribe("room:pos")
+    top = await publisher.top("room:pos")
+    assert subscriber.position("room:pos") == top
+    positions = [await publisher.publish("room:pos", n) for n in range(3)]
+    await recorder.wait_for("room:pos", 3)
+    assert subscriber.position("room:pos") == positions[-1]
+    assert await kill_pubsub_link(redis_client, key_prefix, subscriber.node_id) == 1
+    await wait_until(lambda: subscriber.position("room:pos") is None, what="the position to be unknown")
+    last = await publisher.publish("room:pos", 3)
+    await recorder.wait_for("room:pos", 4, within=10 * UNIT)  # the gap repaired from history
+    await wait_until(lambda: subscriber.position("room:pos") == last, what="the position known again")
+    await subscriber.unsubscribe("room:pos")
+    assert subscriber.position("room:pos") is None
+
+
+@pytest.mark.redis
 async def test_a_silent_link_is_pinged_then_dropped_and_reconnected(
     redis_backplanes: Callable[..., Awaitable[RedisBackplane]],
 ) -> None:

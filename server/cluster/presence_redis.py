@@ -9,9 +9,12 @@ removed by the survivors (``remove_node``, run once across the cluster by
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.backplane.pipeline import Commands
 from tidings.server.cluster.presence import Member
 from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import redis_errors
@@ -30,12 +33,23 @@ class RedisPresence:
             the same node id never adopts, nor hides from the sweep, the entries of the one that died.
     """
 
-    def __init__(self, client: StoreClient, *, key_prefix: str, incarnation: str) -> None:
+    def __init__(
+        self, client: StoreClient, *, key_prefix: str, incarnation: str, commands: Commands | None = None
+    ) -> None:
         self._redis = client
+        self._commands = commands
         self._prefix = key_prefix
         self._index = redis_keys.node_presence(key_prefix, incarnation)
 
     async def add(self, channel: str, member: Member) -> None:
+        if self._commands is not None:  # shares a round trip with the other connects of this loop turn
+            key, entry = redis_keys.presence(self._prefix, channel), channel + _SEPARATOR + member.client
+            with redis_errors("presence add failed"):
+                await asyncio.gather(
+                    self._commands.call("HSET", key, member.client, msgpack.packb(member.encode())),
+                    self._commands.call("SADD", self._index, entry),
+                )
+            return
         with redis_errors("presence add failed"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hset(
@@ -45,6 +59,14 @@ class RedisPresence:
                 await pipe.execute()
 
     async def remove(self, channel: str, member: Member) -> None:
+        if self._commands is not None:
+            key, entry = redis_keys.presence(self._prefix, channel), channel + _SEPARATOR + member.client
+            with redis_errors("presence remove failed"):
+                await asyncio.gather(
+                    self._commands.call("HDEL", key, member.client),
+                    self._commands.call("SREM", self._index, entry),
+                )
+            return
         with redis_errors("presence remove failed"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(redis_keys.presence(self._prefix, channel), member.client)

@@ -341,10 +341,19 @@ class Gateway:
         metrics: counts commands answered 429.
     """
 
-    __slots__ = ("_client_counter", "_client_prefix", "flusher", "handler", "metrics", "settings")
+    __slots__ = (
+        "_client_counter",
+        "_client_prefix",
+        "_trusted_hosts",
+        "flusher",
+        "handler",
+        "metrics",
+        "settings",
+    )
 
     def __init__(self, settings: Settings, handler: CommandHandler, metrics: GatewayMetrics) -> None:
         self.settings = settings
+        self._trusted_hosts = settings.trusted_hosts()  # parsed once: checked on every handshake
         self.handler = handler
         self.metrics = metrics
         self.flusher = Flusher()  # one flush callback per loop turn for all of this node's connections
@@ -361,7 +370,7 @@ class Gateway:
         return origin_allowed(
             None if origin is None else origin.decode("latin-1"),
             allowed_origins=self.settings.allowed_origins,
-            allowed_hosts=self.settings.trusted_hosts(),
+            allowed_hosts=self._trusted_hosts,
         )
 
     def new_connection(self, codec: Codec, send: Send) -> Connection:

@@ -10,6 +10,7 @@ audience of ``all``); one key per dedupe record.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.backplane.pipeline import Commands
 from tidings.server.cluster.redis_client import StoreClient
 from tidings.server.cluster.redis_errors import redis_errors
 from tidings.server.notify.store import InboxPage
@@ -87,8 +89,10 @@ class RedisNotificationStore:
         key_prefix: str,
         inbox_size: int = 1000,
         inbox_ttl: float = 30 * 86400.0,
+        commands: Commands | None = None,
     ) -> None:
         self._redis = client
+        self._commands = commands  # the node's pipelined commands, for check_in (every connect)
         self._prefix = key_prefix
         self.inbox_size = inbox_size
         self.inbox_ttl = inbox_ttl
@@ -155,6 +159,13 @@ class RedisNotificationStore:
         return 0
 
     async def check_in(self, user: str) -> int:
+        if self._commands is not None:  # shares a round trip with the other connects of this loop turn
+            with redis_errors("inbox read failed"):
+                _, unread = await asyncio.gather(
+                    self._commands.call("SADD", redis_keys.users(self._prefix), user),
+                    self._commands.call("ZCARD", redis_keys.inbox_unread(self._prefix, user)),
+                )
+            return int(unread)
         with redis_errors("inbox read failed"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.sadd(redis_keys.users(self._prefix), user)

@@ -195,3 +195,12 @@ class Backplane(Protocol):
         A channel without an epoch gets one here, so that a subscriber learns the epoch its first
         publication will carry.
         """
+
+    def position(self, channel: str) -> StreamPosition | None:
+        """The position of the last publication this node handed on for ``channel``, or None.
+
+        Known only while this node is subscribed to the channel and has no gap being read; then
+        every later publication is still to be handed on, so a subscriber added to the hub now
+        that starts from this position misses nothing and gets nothing twice. It saves the round
+        trip of :meth:`top` for channels the node already carries (connect and reconnect storms).
+        """

@@ -32,7 +32,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
-from tidings.server.cluster.backplane import BackplaneUnavailable, Publication
+from tidings.server.cluster.backplane import BackplaneUnavailable, Publication, StreamPosition
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.backplane.envelope import decode_publication, split_envelope
 from tidings.server.cluster.backplane.repair import GapRepair, ReadAfter
@@ -177,6 +177,14 @@ class PubSubLink:
     @property
     def gap_repairs(self) -> int:
         return self._repair.gap_repairs
+
+    def position(self, channel: str) -> StreamPosition | None:
+        """The last position handed on for a confirmed, synced channel without a gap; else None."""
+        state = self._channels.get(channel)
+        if state is None or not state.wanted or not state.confirmed or not state.synced or state.track.gapped:
+            return None
+        track = state.track
+        return None if track.epoch is None else StreamPosition(track.epoch, track.offset)
 
     def channels(self) -> Iterator[str]:
         """The channels this link carries or is subscribing to, wanted by the hub."""

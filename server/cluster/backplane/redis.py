@@ -169,6 +169,11 @@ class RedisBackplane:
         await self._connections.close()
 
     @property
+    def commands(self) -> Commands:
+        """The node's pipelined commands (routed by key on a cluster), for stores' hot calls too."""
+        return self._commands
+
+    @property
     def link_reconnects(self) -> int:
         """Times a pub/sub link came back after a loss (for tests and /metrics)."""
         return self._retired[0] + sum(link.reconnects for link in self._links.values())
@@ -218,6 +223,13 @@ class RedisBackplane:
     async def top(self, channel: str) -> StreamPosition:
         page = await self._streams.read(channel, after=0, limit=0, create=True)
         return page.top
+
+    def position(self, channel: str) -> StreamPosition | None:
+        for link in self._links.values():
+            position = link.position(channel)
+            if position is not None:
+                return position
+        return None
 
     # --- subscriptions -------------------------------------------------------------------------------
 
