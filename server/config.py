@@ -84,6 +84,7 @@ class Settings:
     ping_timeout: float = 20.0
     max_connections: int = 100_000  # open WebSockets on this node; more get HTTP 503 (limits.py)
     max_user_connections: int = 100  # sessions of one user on this node; more are closed with 4029
+    max_handshakes: int = 500  # WebSockets still before their connect reply; more get HTTP 503 (limits.py)
     command_rate: float = 50.0  # commands a second per connection; over it: 429, then close 4029
     command_burst: int = 100  # commands a connection may send at once before the rate applies
     drain_timeout: float = 30.0  # SIGTERM to exit, at most (drain.py)
@@ -211,6 +212,7 @@ _POSITIVE_INTS = (
     "history_size",
     "max_connections",
     "max_user_connections",
+    "max_handshakes",
     "command_burst",
     "drain_batch_size",
     "job_max_attempts",

@@ -108,6 +108,14 @@ def test_node_limit_counts_sockets() -> None:
     assert limits.sockets == 2 and limits.accepted == 3 and limits.refused["node"] == 1
 
 
+def test_handshake_limit_counts_sockets_not_yet_connected() -> None:
+    limits = ConnectionLimits(max_connections=100, max_user_connections=10, max_handshakes=2)
+    assert limits.begin_handshake() and limits.begin_handshake() and not limits.begin_handshake()
+    limits.end_handshake()
+    assert limits.begin_handshake()
+    assert limits.handshakes == 2 and limits.refused["handshakes"] == 1
+
+
 def test_user_limit_is_per_user_and_forgets_users_gone() -> None:
     limits = ConnectionLimits(max_connections=100, max_user_connections=2)
     assert limits.add_user("alice") and limits.add_user("alice") and not limits.add_user("alice")
@@ -256,6 +264,29 @@ async def test_connections_per_node_are_limited_with_http_503(token: Token) -> N
         await wait_until(lambda: state["runner"].limits.sockets == 1, what="the socket to be released")
         async with socket_to(node) as again:
             assert "result" in await again.call("connect", token=token("alice"))
+
+
+async def test_a_node_busy_with_connects_sheds_handshakes_with_503_and_retry_after(token: Token) -> None:
+    """Sockets that have not connected yet count against TIDINGS_MAX_HANDSHAKES; connected ones do not."""
+    async with (
+        run_node(node_settings(max_handshakes=2)) as node,
+        socket_to(node) as one,
+        socket_to(node) as two,
+    ):
+        with pytest.raises(InvalidStatus) as caught:
+            async with socket_to(node):
+                pass
+        assert caught.value.response.status_code == 503
+        assert caught.value.response.headers["retry-after"] == "1"
+        assert "result" in await one.call("connect", token=token("alice"))  # one is past its handshake
+        state = node.server.lifespan.state
+        await wait_until(lambda: state["runner"].limits.handshakes == 1, what="the handshake to end")
+        async with socket_to(node) as three:
+            assert "result" in await three.call("connect", token=token("bob"))
+        await two.close()
+        await wait_until(
+            lambda: state["runner"].limits.handshakes == 0, what="a closed socket to end its handshake"
+        )
 
 
 # --- live: channels per connection --------------------------------------------------------------------

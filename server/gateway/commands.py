@@ -142,7 +142,9 @@ class CommandRunner:
         self.rooms = rooms
         self.notifier = notifier  # None: notifications are off on this node
         self.limits = ConnectionLimits(
-            max_connections=settings.max_connections, max_user_connections=settings.max_user_connections
+            max_connections=settings.max_connections,
+            max_user_connections=settings.max_user_connections,
+            max_handshakes=settings.max_handshakes,
         )
         self.metrics = NodeMetrics()  # event counters for /metrics (gateway/metrics.py reads the rest)
 

@@ -390,8 +390,35 @@ class Gateway:
         )
 
 
-async def serve_websocket(scope: Scope, receive: Receive, send: Send, gateway: Gateway) -> None:
-    """Run one WebSocket connection from handshake to cleanup (an ASGI app body)."""
+async def serve_websocket(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    gateway: Gateway,
+    *,
+    connected: Callable[[], None] = lambda: None,
+) -> None:
+    """Run one WebSocket connection from handshake to cleanup (an ASGI app body).
+
+    ``connected`` is called once, when the connect is answered or the socket ends before that.
+    """
+    pending = True
+
+    def once() -> None:
+        nonlocal pending
+        if pending:
+            pending = False
+            connected()
+
+    try:
+        await _serve(scope, receive, send, gateway, once)
+    finally:
+        once()
+
+
+async def _serve(
+    scope: Scope, receive: Receive, send: Send, gateway: Gateway, connected: Callable[[], None]
+) -> None:
     settings = gateway.settings
     if not gateway.origin_allowed(scope):
         await send({"type": "websocket.close", "code": 1008})  # before accept: an HTTP 403
@@ -421,6 +448,7 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, gateway: G
                 message = await receive()
                 if not await _handle_frame(message, connection, gateway):
                     return
+        connected()
         if session.state is State.OPEN and session.principal is not None:
             expiry = asyncio.get_running_loop().call_later(
                 max(0.0, session.principal.expires_at - time.time()),

@@ -83,16 +83,29 @@ class ConnectionLimits:
     """Open sockets on this node and open sessions per user on this node.
 
     Guarantees: ``open_socket`` succeeds at most ``max_connections`` times more
-    than ``close_socket`` was called; ``add_user`` likewise per user with
+    than ``close_socket`` was called; ``begin_handshake`` at most ``max_handshakes`` times
+    more than ``end_handshake`` (a node sheds connects it cannot serve soon, instead of
+    slowing every one of them down); ``add_user`` likewise per user with
     ``max_user_connections``. The per-user count is per node: behind a load
     balancer a user may hold up to ``nodes * max_user_connections`` sessions.
     """
 
-    __slots__ = ("_users", "accepted", "max_connections", "max_user_connections", "refused", "sockets")
+    __slots__ = (
+        "_users",
+        "accepted",
+        "handshakes",
+        "max_connections",
+        "max_handshakes",
+        "max_user_connections",
+        "refused",
+        "sockets",
+    )
 
-    def __init__(self, *, max_connections: int, max_user_connections: int) -> None:
+    def __init__(self, *, max_connections: int, max_user_connections: int, max_handshakes: int = 500) -> None:
         self.max_connections = max_connections
         self.max_user_connections = max_user_connections
+        self.max_handshakes = max_handshakes
+        self.handshakes = 0  # sockets not yet past their connect
         self.sockets = 0  # open now
         self.accepted = 0  # ever accepted (for /metrics)
         self.refused: Counter[str] = Counter()  # "node" / "user" refusals (for /metrics)
@@ -106,6 +119,19 @@ class ConnectionLimits:
         self.sockets += 1
         self.accepted += 1
         return True
+
+    def begin_handshake(self) -> bool:
+        """Count one more socket on its way to a connect; False (nothing counted) when too many are."""
+        if self.handshakes >= self.max_handshakes:
+            self.refused["handshakes"] += 1
+            return False
+        self.handshakes += 1
+        return True
+
+    def end_handshake(self) -> None:
+        """The socket's connect is answered (or the socket is gone)."""
+        assert self.handshakes > 0, "end_handshake without begin_handshake"
+        self.handshakes -= 1
 
     def close_socket(self) -> None:
         assert self.sockets > 0, "close_socket without open_socket"

@@ -30,7 +30,7 @@ def gateway_metrics(hub: Hub, limits: ConnectionLimits, events: NodeMetrics) -> 
         refused = CounterMetricFamily(
             "tidings_connections_refused", "Connections refused by a limit.", labels=["limit"]
         )
-        for limit in ("node", "user"):
+        for limit in ("node", "user", "handshakes"):
             refused.add_metric([limit], limits.refused[limit])
         yield refused
         yield from _closes(events)

@@ -56,6 +56,9 @@ async def serve_gateway(scope: Scope, receive: Receive, send: Send, state: NodeS
         await refuse_websocket(scope, send, 503, "node is at its connection limit")
         return
     try:
-        await serve_websocket(scope, receive, send, state["gateway"])
+        if not limits.begin_handshake():  # a connect storm: shed what cannot be served soon
+            await refuse_websocket(scope, send, 503, "node is busy with connects; retry shortly")
+            return
+        await serve_websocket(scope, receive, send, state["gateway"], connected=limits.end_handshake)
     finally:
         limits.close_socket()

@@ -24,9 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
@@ -35,12 +33,13 @@ from redis.exceptions import ResponseError
 from tidings.server.cluster.backplane import BackplaneUnavailable, Publication, StreamPosition
 from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.backplane.envelope import decode_publication, split_envelope
+from tidings.server.cluster.backplane.link_state import ChannelState, LinkTiming
 from tidings.server.cluster.backplane.repair import GapRepair, ReadAfter
 from tidings.server.cluster.backplane.tracking import OffsetTracker, Verdict
 from tidings.server.cluster.backplane.watchdog import LinkWatchdog, push_as_is
 from tidings.server.cluster.redis_errors import REDIS_ERRORS
 
-__all__ = ["LinkTiming", "PubSubLink"]
+__all__ = ["LinkTiming", "PubSubLink"]  # LinkTiming re-exported for redis.py
 
 # What ends a pub/sub link: Redis errors, or a reply the parser cannot read (ValueError).
 _LINK_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
@@ -49,38 +48,6 @@ logger = logging.getLogger("tidings.backplane.redis")
 
 _SUBSCRIBE, _UNSUBSCRIBE = "SUBSCRIBE", "UNSUBSCRIBE"
 _MAX_CHANNELS_PER_COMMAND = 1000
-
-
-@dataclass(slots=True, eq=False)
-class _Channel:
-    """What this link knows of one channel it subscribes (or is subscribing) to."""
-
-    wanted: bool = True  # the hub wants it; False: an UNSUBSCRIBE is queued
-    sent: bool = False  # SUBSCRIBE written on the current connection
-    confirmed: bool = False  # Redis confirmed SUBSCRIBE on the current connection: publications flow
-    failed: bool = False  # the subscription was given up (link lost before it was synced)
-    changed: asyncio.Event | None = field(default_factory=asyncio.Event)  # wakes subscribe() until synced
-    track: OffsetTracker = field(default_factory=OffsetTracker)
-
-    @property
-    def synced(self) -> bool:
-        return self.track.synced
-
-
-@dataclass(frozen=True, slots=True)
-class LinkTiming:
-    """How long Redis may take, and how the link retries (seconds; see RedisBackplane)."""
-
-    socket_timeout: float
-    connect_timeout: float
-    health_interval: float
-    min_backoff: float
-    max_backoff: float
-
-    def backoff(self, attempt: int) -> float:
-        """Capped exponential backoff with jitter: spreads a herd of nodes after a Redis restart."""
-        ceiling = min(self.max_backoff, self.min_backoff * 2 ** min(attempt, 30))
-        return random.uniform(ceiling / 2, ceiling)
 
 
 class PubSubLink:
@@ -126,7 +93,7 @@ class PubSubLink:
         self._deliver_one = deliver
         self._top = top
         self._on_moved = on_moved
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, ChannelState] = {}
         self._pending: dict[str, str] = {}  # channel → SUBSCRIBE | UNSUBSCRIBE, not written yet
         self._stale_acks: dict[str, int] = {}  # SUBSCRIBE confirmations that belong to abandoned requests
         self._link: AbstractConnection | None = None  # the connection while it is up
@@ -202,7 +169,7 @@ class PubSubLink:
             raise BackplaneUnavailable(f"the Redis pub/sub link to {self.name} is down")
         state = self._channels.get(channel)
         if state is None:
-            state = self._channels[channel] = _Channel()
+            state = self._channels[channel] = ChannelState()
             self._request(channel, _SUBSCRIBE)
         else:
             state.wanted = True
@@ -217,7 +184,7 @@ class PubSubLink:
             self._abandon(channel, state)
             raise
 
-    async def _sync(self, channel: str, state: _Channel) -> None:
+    async def _sync(self, channel: str, state: ChannelState) -> None:
         """Wait for the SUBSCRIBE confirmation, then take the channel's top as the baseline."""
         try:
             async with asyncio.timeout(self._timing.socket_timeout):
@@ -257,7 +224,7 @@ class PubSubLink:
 
     def adopt(self, channel: str, track: OffsetTracker) -> None:
         """Carry a synced channel moved here from another shard: subscribe, then read what it missed."""
-        state = _Channel(changed=None, track=track)
+        state = ChannelState(changed=None, track=track)
         track.link_lost()  # whatever was published while it moved is read from history
         self._channels[channel] = state
         if self._link is not None:
@@ -271,7 +238,7 @@ class PubSubLink:
             if state.wanted and not state.sent and channel not in self._pending:
                 self._request(channel, _SUBSCRIBE)
 
-    def _abandon(self, channel: str, state: _Channel) -> None:
+    def _abandon(self, channel: str, state: ChannelState) -> None:
         if self._channels.get(channel) is not state:
             return
         state.wanted = False
@@ -285,7 +252,7 @@ class PubSubLink:
             self._request(channel, _UNSUBSCRIBE)
 
     @staticmethod
-    def _fail(state: _Channel) -> None:
+    def _fail(state: ChannelState) -> None:
         state.failed = True
         if state.changed is not None:
             state.changed.set()
@@ -468,7 +435,7 @@ class PubSubLink:
             # Resubscribed after a lost link (or moved here): whatever was published meanwhile is in the stream.
             self._repair.schedule(channel)
 
-    def _on_publication(self, channel: str, state: _Channel, message: bytes) -> None:
+    def _on_publication(self, channel: str, state: ChannelState, message: bytes) -> None:
         try:
             epoch, offset, payload = split_envelope(message)
         except ValueError:
