@@ -19,7 +19,8 @@ The hierarchy::
 Outside the node, for the development cluster and the client library (not TidingsError):
 ``ValkeyUnavailable``, ``ClusterError``, ``TopologyError`` and ``RespError``
 (``tidings.server.devcluster``), ``PublishError``, ``CallError`` and ``ConnectionClosed``
-(``tidings.client``).
+(``tidings.client``). ``_ReplyError`` (``cluster/backplane/resp.py``) never leaves its module:
+an error reply is turned into redis-py's class for it as soon as it is read.
 
 The classes defined here are the ones that several packages raise or catch; the others stay
 next to the code that raises them and derive from :class:`TidingsError`. This module imports

@@ -1,6 +1,6 @@
 """Making the backplane's own connections, for each kind of deployment (redis_target.py).
 
-* One server: connections from the URL, as redis-py reads it (``redis://``, ``rediss://``, ``unix://``).
+* One server: the URL's server, as redis-py reads it (``redis://``, ``rediss://``, ``unix://``).
 * Cluster: a connection to a given shard primary's address (the slot map says which).
 * Sentinel: a connection that asks the sentinels for the current primary each time it connects,
   so a link or pipeline that lost its server after a failover finds the new one by reconnecting.
@@ -11,12 +11,16 @@ which node and role it serves.
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool, SSLConnection
 from redis.asyncio.sentinel import Sentinel
 
 from tidings.server.cluster.backplane import keys as redis_keys
+from tidings.server.cluster.backplane.resp import Endpoint, RespConnection, open_resp
 from tidings.server.cluster.redis_target import Address, RedisTarget, Topology
 
 __all__ = ["ConnectionFactory", "SentinelPrimary", "located_connection_class"]
@@ -70,65 +74,62 @@ def located_connection_class(tls: bool) -> type[AbstractConnection]:
 
 
 class ConnectionFactory:
-    """New, unconnected connections to the deployment ``target`` names.
+    """Opens the backplane's connections (resp.py) to the deployment ``target`` names.
 
     Args:
         target: the parsed ``TIDINGS_REDIS_URL``.
         key_prefix, node_id: name the connections.
-        socket_timeout, connect_timeout: seconds, for every connection made here.
+        connect_timeout: seconds a connection (and its setup) may take.
     """
 
-    def __init__(
-        self,
-        target: RedisTarget,
-        *,
-        key_prefix: str,
-        node_id: str,
-        socket_timeout: float,
-        connect_timeout: float,
-    ) -> None:
+    def __init__(self, target: RedisTarget, *, key_prefix: str, node_id: str, connect_timeout: float) -> None:
         self.target = target
         self._prefix = key_prefix
         self._node_id = node_id
+        self._timeout = connect_timeout
         self._sentinel: SentinelPrimary | None = None
-        self._pool: ConnectionPool | None = None
+        tls = ssl.create_default_context() if target.tls else None
         if target.topology is Topology.SINGLE:
-            self._pool = ConnectionPool.from_url(
-                target.url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
-            )
-            self._kwargs: dict[str, Any] = dict(self._pool.connection_kwargs)
-            self._class: type[AbstractConnection] = self._pool.connection_class
-            return
-        self._kwargs = {
-            "username": target.username,
-            "password": target.password,
-            "db": target.db,
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-        }
-        if target.topology is Topology.SENTINEL:
+            self._base = _endpoint_of_url(target.url)
+        elif target.topology is Topology.SENTINEL:
             assert target.master is not None
             self._sentinel = SentinelPrimary(list(target.seeds), target.master, timeout=connect_timeout)
-            self._class = located_connection_class(target.tls)
-            self._kwargs["locate"] = self._sentinel
+            self._base = Endpoint(
+                None, None, self._sentinel, target.username, target.password, target.db, tls
+            )
         else:
-            self._class = SSLConnection if target.tls else Connection
+            self._base = Endpoint(None, None, None, target.username, target.password, 0, tls)
 
-    def new(self, role: str, *, address: Address | None = None, timed: bool = True) -> AbstractConnection:
-        """A connection for ``role`` (pubsub, commands, ...); ``address``: the shard primary (cluster).
+    def connector(
+        self, role: str, *, address: Address | None = None
+    ) -> Callable[[Callable[[Any], None] | None], Awaitable[RespConnection]]:
+        """``open(on_push)`` for ``role`` (pubsub, commands, ...); ``address``: the shard primary (cluster)."""
+        endpoint = dataclasses.replace(
+            self._base,
+            name=redis_keys.client_name(self._prefix, self._node_id, role),
+            address=address if address is not None else self._base.address,
+        )
 
-        ``timed=False``: no per-call socket timeout (the caller bounds its waits as a whole).
-        """
-        kwargs = dict(self._kwargs)
-        kwargs["client_name"] = redis_keys.client_name(self._prefix, self._node_id, role)
-        if not timed:
-            kwargs["socket_timeout"] = None
-        if address is not None:
-            kwargs["host"], kwargs["port"] = address
-        return self._class(**kwargs)
+        def open_(on_push: Callable[[Any], None] | None = None) -> Awaitable[RespConnection]:
+            return open_resp(endpoint, timeout=self._timeout, on_push=on_push)
+
+        return open_
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.disconnect()
         if self._sentinel is not None:
             await self._sentinel.close()
+
+
+def _endpoint_of_url(url: str) -> Endpoint:
+    """A one-server URL as redis-py reads it (``redis://``, ``rediss://``, ``unix://``)."""
+    kwargs = ConnectionPool.from_url(url).connection_kwargs
+    tls = None
+    if url.lower().startswith("rediss://"):
+        tls = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
+        if kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+            tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    path = kwargs.get("path")
+    address = None if path else (str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
+    return Endpoint(
+        address, path, None, kwargs.get("username"), kwargs.get("password"), int(kwargs.get("db") or 0), tls
+    )

@@ -23,11 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from tidings.server.cluster.backplane import BackplaneUnavailable, Publication, StreamPosition
@@ -35,8 +34,9 @@ from tidings.server.cluster.backplane import keys as redis_keys
 from tidings.server.cluster.backplane.envelope import decode_publication, split_envelope
 from tidings.server.cluster.backplane.link_state import ChannelState, LinkTiming
 from tidings.server.cluster.backplane.repair import GapRepair, ReadAfter
+from tidings.server.cluster.backplane.resp import RespConnection
 from tidings.server.cluster.backplane.tracking import OffsetTracker, Verdict
-from tidings.server.cluster.backplane.watchdog import LinkWatchdog, push_as_is
+from tidings.server.cluster.backplane.watchdog import LinkWatchdog
 from tidings.server.cluster.redis_errors import REDIS_ERRORS
 
 __all__ = ["LinkTiming", "PubSubLink"]  # LinkTiming re-exported for redis.py
@@ -54,7 +54,7 @@ class PubSubLink:
     """The pub/sub side of one Redis server for one node.
 
     Args:
-        connect: a new, unconnected connection each time the link (re)connects.
+        connect: opens a new connection (resp.py) that hands every reply to the given callback.
         name: what the logs call this link (the server's address).
         key_prefix, node_id: as in RedisBackplane.
         timing: timeouts and backoff.
@@ -67,7 +67,7 @@ class PubSubLink:
 
     def __init__(
         self,
-        connect: Callable[[], AbstractConnection],
+        connect: Callable[[Callable[[Any], None]], Awaitable[RespConnection]],
         *,
         name: str,
         key_prefix: str,
@@ -96,10 +96,11 @@ class PubSubLink:
         self._channels: dict[str, ChannelState] = {}
         self._pending: dict[str, str] = {}  # channel → SUBSCRIBE | UNSUBSCRIBE, not written yet
         self._stale_acks: dict[str, int] = {}  # SUBSCRIBE confirmations that belong to abandoned requests
-        self._link: AbstractConnection | None = None  # the connection while it is up
+        self._link: RespConnection | None = None  # the connection while it is up
+        self._watchdog: LinkWatchdog | None = None
         self._generation = 0  # bumped on every loss: history reads of an older connection are stale
         self._task: asyncio.Task[None] | None = None
-        self._sender: asyncio.Task[None] | None = None
+        self._send_scheduled = False
         self._repair = GapRepair(
             read, self._channels.get, self._deliver, timing.backoff, lambda: self._generation
         )
@@ -122,12 +123,11 @@ class PubSubLink:
     async def close(self) -> None:
         self._closed = True
         await self._repair.close()
-        for task in (self._task, self._sender):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._task = self._sender = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
         for state in self._channels.values():
             self._fail(state)
         self._channels.clear()
@@ -259,25 +259,25 @@ class PubSubLink:
 
     def _request(self, channel: str, op: str) -> None:
         self._pending[channel] = op
-        if self._sender is None and self._link is not None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_requests())
+        if not self._send_scheduled and self._link is not None:
+            # Every request of this event-loop turn goes out in one write, at the end of the turn.
+            self._send_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_requests)
 
-    async def _send_requests(self) -> None:
-        """Write queued (UN)SUBSCRIBEs; whatever queues up during a write goes out in the next one."""
+    def _send_requests(self) -> None:
+        """Write the queued (UN)SUBSCRIBEs (a write to the transport: it never waits)."""
+        self._send_scheduled = False
+        link = self._link
+        if link is None or not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        commands = self._commands_for(pending)
         try:
-            while self._pending and (link := self._link) is not None:
-                pending, self._pending = self._pending, {}
-                commands = self._commands_for(pending)
-                if commands:
-                    await link.send_packed_command(link.pack_commands(commands), False)
+            if commands:
+                link.write(commands)
         except REDIS_ERRORS as exc:
-            # The reader notices the broken link as well; the next link resubscribes everything.
+            # The connection noticed its loss as well; the next one resubscribes everything.
             logger.debug("writing to the pub/sub link failed: %r", exc)
-        finally:
-            if self._sender is asyncio.current_task():
-                self._sender = None
-                if self._pending and self._link is not None:  # queued while this write hung
-                    self._sender = asyncio.get_running_loop().create_task(self._send_requests())
 
     def _commands_for(self, pending: dict[str, str]) -> list[tuple[str, ...]]:
         subscribe, unsubscribe = [], []
@@ -306,23 +306,18 @@ class PubSubLink:
         attempt = 0
         was_up: bool | None = None
         while not self._closed:
-            link = self._connect()
             try:
-                try:
-                    await link.connect_check_health(check_health=False)
-                except REDIS_ERRORS as exc:
-                    if was_up is not False:
-                        logger.warning(
-                            "Redis %s unreachable (%s); node %s retries", self.name, exc, self.node_id
-                        )
-                        was_up = False
-                    self.failing = True
-                    self._on_moved()  # a cluster may have moved this shard's slots elsewhere
-                    await asyncio.sleep(self._timing.backoff(attempt))
-                    attempt += 1
-                    continue
-                # Not redis-py's default push handler (see push_as_is); its own PubSub swaps it the same way.
-                link._parser.set_pubsub_push_handler(push_as_is)  # type: ignore[attr-defined]
+                link = await self._connect(self._on_push)
+            except REDIS_ERRORS as exc:
+                if was_up is not False:
+                    logger.warning("Redis %s unreachable (%s); node %s retries", self.name, exc, self.node_id)
+                    was_up = False
+                self.failing = True
+                self._on_moved()  # a cluster may have moved this shard's slots elsewhere
+                await asyncio.sleep(self._timing.backoff(attempt))
+                attempt += 1
+                continue
+            try:
                 if was_up is False:
                     self.reconnects += 1
                 logger.info(
@@ -346,32 +341,39 @@ class PubSubLink:
             finally:
                 if self._link is link:
                     self._lost()
-                await link.disconnect(nowait=True)
+                link.close()
             await asyncio.sleep(self._timing.backoff(0))
 
-    async def _serve(self, link: AbstractConnection) -> None:
+    async def _serve(self, link: RespConnection) -> None:
+        """Replies arrive in ``_on_push`` as they are read; this waits for the connection to end."""
         self._link = link
         self._up.set()
         for channel, state in self._channels.items():
             if state.wanted:
                 self._request(channel, _SUBSCRIBE)
-        # Silence is watched by a timer, not by a timeout around every read: that costs ~9 µs per
-        # message on the hottest path of the node (every publication of every subscribed channel).
-        watchdog = LinkWatchdog(link, self._timing.health_interval, self.node_id)
+        # Silence is watched by a timer, not by a timeout around every read.
+        self._watchdog = LinkWatchdog(link, self._timing.health_interval, self.node_id)
         try:
-            while True:
-                try:
-                    response = await link.read_response(timeout=math.inf, push_request=True)
-                except ResponseError as exc:
-                    # A whole error reply (the stream stays in step): MOVED for an SSUBSCRIBE whose
-                    # slot is served elsewhere now. The topology is read again and the channel moves.
-                    logger.info("pub/sub link to %s: %s", self.name, exc)
-                    self._on_moved()
-                    continue
-                watchdog.heard += 1
-                self._on_response(response)
+            await link.lost
         finally:
-            watchdog.stop()
+            self._watchdog.stop()
+            self._watchdog = None
+        raise RedisConnectionError("the connection was closed")
+
+    def _on_push(self, response: Any) -> None:
+        """Every reply read on the link, in order, synchronously from the connection's data_received."""
+        if self._watchdog is not None:
+            self._watchdog.heard += 1
+        if isinstance(response, ResponseError):
+            # MOVED for an SSUBSCRIBE whose slot is served elsewhere now: the topology is read again
+            # and the channel moves.
+            logger.info("pub/sub link to %s: %s", self.name, response)
+            self._on_moved()
+            return
+        try:
+            self._on_response(response)
+        except Exception:
+            logger.exception("the Redis pub/sub reader failed on a reply; node %s goes on", self.node_id)
 
     def _lost(self) -> None:
         """Forget the connection: subscriptions that were not synced fail, the others wait to be repaired."""
@@ -391,6 +393,8 @@ class PubSubLink:
 
     def _on_response(self, response: Any) -> None:
         """One reply read from the link. Runs synchronously: parse and hand off, never wait."""
+        if not isinstance(response, list):
+            return  # PONG before any subscription
         kind = response[0]
         if kind == self._message_kind:
             channel = redis_keys.channel_from_pubsub(self._prefix, response[1])

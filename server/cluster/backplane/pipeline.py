@@ -21,10 +21,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from tidings.server.cluster.backplane import BackplaneUnavailable
+from tidings.server.cluster.backplane.resp import RespConnection
 
 __all__ = ["SERVER_ID", "CommandPipeline", "Commands", "Script", "is_unavailable", "server_id_of"]
 
@@ -115,11 +116,14 @@ class CommandPipeline:
         round trip connects anew (to the new primary when the connection locates it).
     """
 
-    def __init__(self, connection: AbstractConnection, *, timeout: float, max_batch: int = 512) -> None:
-        """``connection`` should have no ``socket_timeout`` of its own: redis-py would then start a task
-        (``wait_for``) per write and a timer per reply; ``timeout`` bounds each round trip as a whole.
+    def __init__(
+        self, connect: Callable[[], Awaitable[RespConnection]], *, timeout: float, max_batch: int = 512
+    ) -> None:
+        """``connect`` opens a new connection (resp.py) when there is none; ``timeout`` bounds each
+        round trip as a whole (connecting included), so no reply needs a timer of its own.
         """
-        self._connection = connection
+        self._connect = connect
+        self._connection: RespConnection | None = None
         self._timeout = timeout
         self._max_batch = max_batch
         self._queue: list[_Call] = []
@@ -167,7 +171,9 @@ class CommandPipeline:
                 await task
         self._fail(self._queue, BackplaneUnavailable("the backplane is closed"))
         self._queue = []
-        await self._connection.disconnect()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _enqueue(self, args: tuple[EncodableT, ...], script: Script | None) -> asyncio.Future[Any]:
         if self._closed:
@@ -213,7 +219,7 @@ class CommandPipeline:
             self._fail(batch, BackplaneUnavailable("the backplane is closed"))
             raise
         if any(isinstance(reply, ReadOnlyError) for reply in replies):
-            await self._connection.disconnect(nowait=True)
+            self._drop()
         for call, reply in zip(batch, replies, strict=True):
             if call.future.done():
                 continue
@@ -225,27 +231,26 @@ class CommandPipeline:
                 call.future.set_exception(reply)
 
     async def _execute(self, commands: list[tuple[EncodableT, ...]]) -> list[Any]:
-        connection = self._connection
         try:
             async with asyncio.timeout(self._timeout):  # one timer per round trip, not one per reply
-                if not connection.is_connected:
-                    await connection.connect_check_health(check_health=False)
-                    await connection.send_command("INFO", "server")
-                    self._server_id = server_id_of(await connection.read_response())
+                connection = self._connection
+                if connection is None or connection.is_closed:
+                    connection = self._connection = await self._connect()
+                    self._server_id = server_id_of(await connection.call("INFO", "server"))
                 server_id = self._server_id
                 commands = [(*c[:-1], server_id) if c[-1] is SERVER_ID else c for c in commands]
-                await connection.send_packed_command(connection.pack_commands(commands), False)
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as exc:  # the reply was read whole: the stream stays in step
-                        replies.append(exc)
-            return replies
+                futures = connection.send(commands)
+                await futures[-1]  # replies come in order: once the last is in, all are
+            return [future.result() for future in futures]  # error replies are values, not raised
         except BaseException:
-            # A cancelled or failed round trip leaves replies unread: never reuse the socket.
-            await connection.disconnect(nowait=True)
+            # A cancelled or failed round trip leaves replies unread: never reuse the connection.
+            self._drop()
             raise
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
 
     @staticmethod
     def _fail(calls: list[_Call], error: BackplaneUnavailable, *, cause: BaseException | None = None) -> None:

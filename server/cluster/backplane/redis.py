@@ -88,16 +88,16 @@ class RedisBackplane:
         self._target = parse_redis_url(url)
         self._timing = LinkTiming(socket_timeout, connect_timeout, health_interval, min_backoff, max_backoff)
         self._connections = ConnectionFactory(
-            self._target,
-            key_prefix=key_prefix,
-            node_id=node_id,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
+            self._target, key_prefix=key_prefix, node_id=node_id, connect_timeout=connect_timeout
         )
         self._commands: Commands
         self._slots: SlotMap | None = None
         if self._target.sharded:
-            self._slots = SlotMap(self._target.seeds, lambda a: self._connections.new("topology", address=a))
+            self._slots = SlotMap(
+                self._target.seeds,
+                lambda a: self._connections.connector("topology", address=a)(None),
+                timeout=socket_timeout,
+            )
             self._commands = ClusterCommands(self._slots, self._new_pipeline, self._topology_changed)
         else:
             self._commands = self._new_pipeline(None)
@@ -112,12 +112,12 @@ class RedisBackplane:
         self._closed = False
 
     def _new_pipeline(self, address: Address | None) -> CommandPipeline:
-        connection = self._connections.new("commands", address=address, timed=False)
-        return CommandPipeline(connection, timeout=self._timing.socket_timeout)
+        connect = self._connections.connector("commands", address=address)
+        return CommandPipeline(lambda: connect(None), timeout=self._timing.socket_timeout)
 
     def _new_link(self, address: Address | None) -> PubSubLink:
         link = PubSubLink(
-            lambda: self._connections.new("pubsub", address=address),
+            self._connections.connector("pubsub", address=address),
             name=self._target.url if address is None else f"{address[0]}:{address[1]}",
             key_prefix=self._prefix,
             node_id=self.node_id,

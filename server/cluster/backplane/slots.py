@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 from tidings.server.cluster.backplane import BackplaneUnavailable
+from tidings.server.cluster.backplane.resp import RespConnection
 from tidings.server.cluster.redis_errors import REDIS_ERRORS
 from tidings.server.cluster.redis_target import Address
 
@@ -48,12 +49,20 @@ class SlotMap:
 
     Args:
         seeds: addresses from the URL; every primary seen later is asked as well.
-        connect: a new connection to an address (its own timeouts bound a refresh).
+        connect: opens a connection to an address.
+        timeout: seconds a node may take to answer.
     """
 
-    def __init__(self, seeds: Sequence[Address], connect: Callable[[Address], AbstractConnection]) -> None:
+    def __init__(
+        self,
+        seeds: Sequence[Address],
+        connect: Callable[[Address], Awaitable[RespConnection]],
+        *,
+        timeout: float,
+    ) -> None:
         self._seeds = list(seeds)
         self._connect = connect
+        self._timeout = timeout
         self._owners: list[Address | None] = [None] * SLOTS
         self.primaries: frozenset[Address] = frozenset()
         self.version = 0  # bumped whenever the map changes
@@ -80,18 +89,19 @@ class SlotMap:
         """Read the map from the first node that answers (known primaries, then the seeds)."""
         candidates = list(dict.fromkeys([*sorted(self.primaries), *self._seeds]))
         for address in candidates:
-            connection = self._connect(address)
             try:
-                await connection.connect_check_health(check_health=False)
-                await connection.send_command("CLUSTER", "SLOTS")
-                reply = await connection.read_response()
+                connection = await self._connect(address)
             except REDIS_ERRORS as exc:
+                logger.debug("connecting to %s:%d for CLUSTER SLOTS failed: %r", *address, exc)
+                continue
+            try:
+                async with asyncio.timeout(self._timeout):
+                    reply = await connection.call("CLUSTER", "SLOTS")
+            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
                 logger.debug("CLUSTER SLOTS from %s:%d failed: %r", *address, exc)
                 continue
-            except asyncio.CancelledError:
-                raise
             finally:
-                await connection.disconnect(nowait=True)
+                connection.close()
             ranges = parse_cluster_slots(reply, address[0])
             owners: list[Address | None] = [None] * SLOTS
             for first, last, primary in ranges:
