@@ -64,6 +64,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "publish_from": "members",
         "rate": 0.2,
         "duration": 15.0,
+        "redis_idle": 2.0,
     },
     # 5,000 idle connections: ≤ 20 KiB RSS per connection.
     "idle": {"connections": 5000, "rooms": 0, "idle": True, "duration": 0.0},

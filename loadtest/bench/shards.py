@@ -46,6 +46,7 @@ def shard_figures(
     published_by_channel: Mapping[str, int],
     redis_pids: Sequence[int],
     redis_cpu: Mapping[int, float],
+    idle_cpu_per_s: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
     """Rooms, publications and Redis CPU per shard, and the balance between the shards.
 
@@ -54,6 +55,7 @@ def shard_figures(
         published_by_channel: acknowledged publications of each room's channel in the window.
         redis_pids: the shards' server pids, in the order of their slot ranges.
         redis_cpu: CPU seconds each pid used in the window (missing when a server was gone).
+        idle_cpu_per_s: CPU seconds per second each pid used while idle, before the window.
     """
     shards = len(redis_pids)
     rooms = [0] * shards
@@ -63,6 +65,7 @@ def shard_figures(
         rooms[shard] += 1
         published[shard] += count
     cpu = [redis_cpu.get(pid) for pid in redis_pids]
+    idle = idle_cpu_per_s or {}
     per_shard: list[dict[str, Any]] = []
     known = [c for c in cpu if c is not None]
     mean = sum(known) / len(known) if known and len(known) == shards else None
@@ -76,6 +79,7 @@ def shard_figures(
                 "cpu_s": round(seconds, 3) if seconds is not None else None,
                 # this shard's CPU against the mean of all shards
                 "vs_mean_pct": round((seconds / mean - 1) * 100, 1) if seconds is not None and mean else None,
+                "idle_ms_per_s": round(idle[pid] * 1e3, 2) if pid in idle else None,
                 # its CPU per publication of its own rooms: the cost, with the rooms' spread taken out
                 "cpu_us_per_publication": (
                     round(seconds * 1e6 / published[index], 2)
