@@ -6,11 +6,13 @@
 The cluster is ``tidings up``'s (server/devcluster/supervisor.py): an embedded Valkey and N
 nodes on free ports; with ``--shards N`` above 1, a local Redis Cluster of N primaries (no
 replicas, an even split of the slots) instead of the one Valkey, so ``--shards 1`` is what
-one Redis costs. The command gets ``--nodes URL...`` appended (space-separated for the
-fan-out benchmark; comma-separated for locust, detected by the program name) and, for the
-benchmark, ``--redis-pid`` with every Redis server's pid, comma-separated, in the order of
-the primaries' slot ranges (the first serves the lowest slots). It runs with
-``TIDINGS_JWT_SECRET`` set to the cluster's secret and ``TIDINGS_KEY_PREFIX`` to its prefix.
+one Redis costs (``--cluster --shards 1``: a Redis Cluster of one primary, to tell cluster
+mode's own cost from sharding's). The command gets ``--nodes URL...`` appended
+(space-separated for the fan-out benchmark; comma-separated for locust, detected by the
+program name) and, for the benchmark, ``--redis-pid`` with every Redis server's pid,
+comma-separated, in the order of the primaries' slot ranges (the first serves the lowest
+slots). It runs with ``TIDINGS_JWT_SECRET`` set to the cluster's secret and
+``TIDINGS_KEY_PREFIX`` to its prefix.
 The exit code is the command's.
 """
 
@@ -78,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="Redis primaries: 1 = one embedded Valkey (default); 2-16 = a local Redis Cluster",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a Redis Cluster even with --shards 1: cluster mode's own cost, apart from sharding's",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = parser.parse_args(argv)
     command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else list(args.command)
@@ -89,9 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = _free_port_block(args.nodes)
     environ = {k: v for k, v in os.environ.items() if k != "TIDINGS_REDIS_URL" or v}
     environ.update(BENCH_ENV)
-    if args.shards > 1 and environ.get("TIDINGS_REDIS_URL"):
+    shards = args.shards if args.shards > 1 or args.cluster else 0
+    if shards and environ.get("TIDINGS_REDIS_URL"):
         parser.error("--shards starts a Redis Cluster of its own: unset TIDINGS_REDIS_URL")
-    shards = args.shards if args.shards > 1 else 0
     cluster = LocalCluster(args.nodes, "127.0.0.1", base, environ, shards=shards)
     try:
         cluster.start()

@@ -46,7 +46,7 @@ from loadtest.procstat import (
     parse_stat_user_system_ticks,
     parse_vmrss_kib,
 )
-from loadtest.pubsub_cost import fit
+from loadtest.redis_cost import fit
 from loadtest.report import render_chart, write_report
 from loadtest.series import LatencyHistogram, TimeSeries
 from tidings.server.cluster.backplane.slots import slot_of
@@ -281,7 +281,7 @@ def test_rooms_are_placed_on_the_shard_whose_even_slot_range_holds_their_pubsub_
     assert shard_of_channel("other", "room:x", 3) == shard_of_channel("tidings", "room:x", 3)
 
 
-def test_the_pubsub_cost_line_splits_a_publication_from_each_subscribed_connection() -> None:
+def test_the_redis_cost_line_splits_a_publication_from_each_subscribed_node() -> None:
     assert fit([(0, 10.0), (2, 14.0), (4, 18.0), (8, 26.0)]) == (10.0, 2.0)
     assert fit([(4, 30.0)]) == (30.0, 0.0)  # one point: no slope to speak of
 
