@@ -272,10 +272,12 @@ async def measure(adapter: Adapter, options: DriverOptions) -> Measured:
 
 async def redis_idle(pids: list[int], seconds: float) -> dict[int, float] | None:
     """Each Redis pid's CPU seconds per second over ``seconds`` of quiet; None without pids or if one died."""
+    if not pids:
+        return None
     before, start = CpuSnapshot.take([], pids).redis, time.perf_counter()
     await asyncio.sleep(seconds)
     after, elapsed = CpuSnapshot.take([], pids).redis, time.perf_counter() - start
-    if not pids or not before or not after:
+    if not before or not after:
         return None
     return {pid: (after[pid] - before[pid]) / elapsed for pid in pids}
 
