@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 ENV_FILE ?= .env
 
 BENCH_SCENARIOS ?= steady burst rooms idle
+# Many rooms (1,000) on one Redis and on a local Redis Cluster of 3 primaries: Redis CPU per shard.
+BENCH_SHARDED_SCENARIO ?= rooms1000
+BENCH_SHARDS ?= 1 3
 
 WEB_STAMP := web/node_modules/.installed
 
@@ -80,11 +83,16 @@ loadtest: $(STAMP)
 	    $(BIN)/locust -f loadtest/locustfile.py --headless -u 150 -r 50 -t 30s \
 	    --html loadtest/reports/run.html ChatUser ReconnectingChatUser BroadcastPublisher BroadcastListener
 
-# The four fan-out scenarios of BENCHMARKS.md against a fresh local 2-node cluster each.
+# The four fan-out scenarios of BENCHMARKS.md against a fresh local 2-node cluster each (one embedded
+# Valkey), then many rooms on 1 shard (the one Valkey) and on a 3-primary Redis Cluster.
 bench: $(STAMP)
 	for scenario in $(BENCH_SCENARIOS); do \
 	    $(BIN)/python -m loadtest.run_cluster --nodes 2 -- \
 	        $(BIN)/python -m loadtest.fanout --scenario $$scenario || exit 1; \
+	done
+	for shards in $(BENCH_SHARDS); do \
+	    $(BIN)/python -m loadtest.run_cluster --nodes 2 --shards $$shards -- \
+	        $(BIN)/python -m loadtest.fanout --scenario $(BENCH_SHARDED_SCENARIO) || exit 1; \
 	done
 
 clean:

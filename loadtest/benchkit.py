@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from loadtest.procstat import busy_seconds, cpu_of, user_system_seconds
+from loadtest.procstat import busy_seconds, cpu_of, runtime_of, user_system_seconds
 
 __all__ = [
     "CpuSnapshot",
@@ -146,7 +146,7 @@ class CpuSnapshot:
 
     nodes: dict[int, float]  # empty when a node is gone
     nodes_user_system: tuple[float, float]
-    redis: dict[int, float]
+    redis: dict[int, float]  # from the scheduler's runtime (procstat.runtime_of), not clock ticks
     bench: float
     machine: float
 
@@ -156,7 +156,8 @@ class CpuSnapshot:
             split = user_system_seconds(pids)
         except OSError:
             split = (0.0, 0.0)
-        return cls(cpu_of(pids), split, cpu_of(redis_pids), own_cpu_seconds(), busy_seconds())
+        # Redis to the nanosecond: a shard of a Redis Cluster uses a few tenths of a second in a run.
+        return cls(cpu_of(pids), split, runtime_of(redis_pids), own_cpu_seconds(), busy_seconds())
 
     def node_cpu_until(self, after: CpuSnapshot) -> float | None:
         """The nodes' CPU seconds from this snapshot to ``after``; None if a node was gone at either."""
@@ -177,6 +178,9 @@ class CpuSnapshot:
             "node_user_s": round(after.nodes_user_system[0] - self.nodes_user_system[0], 3),
             "node_sys_s": round(after.nodes_user_system[1] - self.nodes_user_system[1], 3),
             "redis_cpu_s": round(redis_cpu, 3) if redis_cpu is not None else None,
+            "redis_cpu": {
+                str(p): round(after.redis[p] - self.redis[p], 3) for p in after.redis if p in self.redis
+            },
             "bench_cpu_s": round(bench_cpu, 3),
             # Everything else the machine did meanwhile (other processes, the kernel's softirqs): when it
             # is large, the latency figures were taken on a busy machine.

@@ -56,6 +56,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     # 200 rooms x 5 members, each member 1 msg/s: ≤ 200 µs per published message.
     "rooms": {"connections": 1000, "rooms": 200, "publish_from": "members", "rate": 1.0, "duration": 15.0},
+    # The same shape (5 members per room, 1,000 publications/s in all) over 1,000 rooms: how the rooms and
+    # Redis's work spread over the shards of a Redis Cluster (make bench runs it on 1 and 3 shards).
+    "rooms1000": {
+        "connections": 5000,
+        "rooms": 1000,
+        "publish_from": "members",
+        "rate": 0.2,
+        "duration": 10.0,  # 10,000 publications; opening 5,000 connections takes 10-20 s more
+        "redis_idle": 2.0,
+    },
     # 5,000 idle connections: ≤ 20 KiB RSS per connection.
     "idle": {"connections": 5000, "rooms": 0, "idle": True, "duration": 0.0},
 }
@@ -78,7 +88,14 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
         "--pids", help="comma-separated node pids (default: found from the URLs' listening ports)"
     )
     parser.add_argument(
-        "--redis-pid", help="the backplane's pid(s), comma-separated: its CPU is reported apart"
+        "--redis-pid",
+        help="the backplane's pid(s), comma-separated: its CPU is reported apart; a Redis Cluster's "
+        "primaries in the order of their slot ranges (an even split): CPU and rooms per shard",
+    )
+    parser.add_argument(
+        "--key-prefix",
+        default=os.environ.get("TIDINGS_KEY_PREFIX") or "tidings",
+        help="the nodes' key prefix, to place rooms on shards (default $TIDINGS_KEY_PREFIX or tidings)",
     )
     parser.add_argument(
         "--secret",
@@ -97,7 +114,13 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
         values["pids"] = [int(p) for p in args.pids.split(",")]
     if args.redis_pid:
         values["redis_pids"] = [int(p) for p in args.redis_pid.split(",")]
-    options = BenchOptions(nodes=args.nodes, secret=args.secret, scenario=args.scenario or "custom", **values)
+    options = BenchOptions(
+        nodes=args.nodes,
+        secret=args.secret,
+        key_prefix=args.key_prefix,
+        scenario=args.scenario or "custom",
+        **values,
+    )
     if not options.idle and options.rooms < 1:
         parser.error("--rooms must be at least 1 unless --idle")
     return options

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loadtest.bench.shards import balance_pct, shard_figures, shard_of_channel, shard_of_slot
 from loadtest.benchkit import CpuSnapshot, latency_ms
 from loadtest.ledger import (
     Inbox,
@@ -40,12 +41,16 @@ from loadtest.procstat import (
     listener_pids,
     parse_busy_ticks,
     parse_listening_inodes,
+    parse_schedstat_ns,
     parse_stat_cpu_ticks,
     parse_stat_user_system_ticks,
     parse_vmrss_kib,
 )
+from loadtest.redis_cost import fit
 from loadtest.report import render_chart, write_report
 from loadtest.series import LatencyHistogram, TimeSeries
+from tidings.server.cluster.backplane.slots import slot_of
+from tidings.server.devcluster.redis_cluster import SLOTS
 
 from .support.cluster import start_cluster
 from .support.node import API_KEY, SECRET
@@ -241,6 +246,7 @@ def test_cpu_figures_split_the_window_between_nodes_redis_bench_and_the_rest() -
     )
     figures = before.figures_until(after)
     assert figures["node_cpu_s"] == 5.0 and figures["node_cpu"] == {"1": 2.0, "2": 3.0}
+    assert figures["redis_cpu"] == {"9": 0.5}
     assert (figures["node_user_s"], figures["node_sys_s"]) == (3.0, 2.0)
     assert (figures["redis_cpu_s"], figures["bench_cpu_s"], figures["others_cpu_s"]) == (0.5, 4.0, 2.5)
     gone = CpuSnapshot(nodes={}, nodes_user_system=(0.0, 0.0), redis={}, bench=7.0, machine=112.0)
@@ -260,6 +266,39 @@ def test_proc_parsers_read_the_kernels_formats() -> None:
     )
     assert parse_listening_inodes(tcp, 8080) == {4242}
     assert parse_busy_ticks("cpu  100 5 20 900 7 0 3 2 0 0\ncpu0 50 2 10 450 3 0 1 1 0 0\n") == 130
+    assert parse_schedstat_ns("121518356 89472336 313\n") == 121518356
+
+
+def test_rooms_are_placed_on_the_shard_whose_even_slot_range_holds_their_pubsub_name() -> None:
+    # The split LocalCluster makes: shard i of n serves i * 16384 // n .. (i + 1) * 16384 // n - 1.
+    for shards in (1, 2, 3, 5, 16):
+        for index in range(shards):
+            first, last = index * SLOTS // shards, (index + 1) * SLOTS // shards - 1
+            assert shard_of_slot(first, shards) == index == shard_of_slot(last, shards)
+    assert [shard_of_slot(s, 3) for s in (0, 5460, 5461, 10921, 10922, 16383)] == [0, 0, 1, 1, 2, 2]
+    # The hash tag decides: "<prefix>:{room:x}" hashes as "room:x", whatever the prefix.
+    assert shard_of_channel("tidings", "room:x", 3) == shard_of_slot(slot_of("room:x"), 3)
+    assert shard_of_channel("other", "room:x", 3) == shard_of_channel("tidings", "room:x", 3)
+
+
+def test_the_redis_cost_line_splits_a_publication_from_each_subscribed_node() -> None:
+    assert fit([(0, 10.0), (2, 14.0), (4, 18.0), (8, 26.0)]) == (10.0, 2.0)
+    assert fit([(4, 30.0)]) == (30.0, 0.0)  # one point: no slope to speak of
+
+
+def test_shard_figures_give_cpu_per_shard_per_own_publication_and_the_balance() -> None:
+    rooms = [f"room:r{i}" for i in range(300)]
+    figures = shard_figures("tidings", {room: 2 for room in rooms}, [11, 12, 13], {11: 0.5, 12: 0.4, 13: 0.6})
+    shards = figures["shards"]
+    assert figures["redis_shards"] == 3 and sum(s["rooms"] for s in shards) == 300
+    assert [s["published"] for s in shards] == [2 * s["rooms"] for s in shards]
+    assert [s["vs_mean_pct"] for s in shards] == [0.0, -20.0, 20.0]
+    assert figures["shard_cpu_balance_pct"] == 50.0
+    assert shards[0]["cpu_us_per_publication"] == round(0.5e6 / shards[0]["published"], 2)
+    assert balance_pct([1.0, 1.15]) == 15.0 and balance_pct([0.0, 1.0]) is None
+    # A server gone at either end of the window: no per-shard figure rather than a wrong balance.
+    gone = shard_figures("tidings", {"room:a": 1}, [11, 12], {11: 0.5})
+    assert gone["shard_cpu_balance_pct"] is None and gone["shards"][1]["cpu_s"] is None
 
 
 def test_listener_pids_finds_the_process_listening_on_a_port() -> None:

@@ -54,6 +54,7 @@ RUN_OPTIONS = (
     "drain",
     "connect_concurrency",
     "max_settle",
+    "redis_idle",
 )
 
 
@@ -73,6 +74,9 @@ class DriverOptions:
     connect_concurrency: int = 100
     settle: float = 1.0  # at least this long between opening and measuring; then until the nodes are quiet
     max_settle: float = 120.0  # ... but no longer than this
+    # Seconds of Redis CPU taken just before publishing (connections open, nodes quiet): Redis's own
+    # background (heartbeats, job polling, a Cluster's bus), which the publishing window pays too.
+    redis_idle: float = 0.0
 
 
 class Tally:
@@ -169,6 +173,8 @@ class Measured:
     latency_ms: dict[str, float]
     published: int
     deliveries: int
+    cpu_window_s: float = 0.0  # seconds between the two CPU snapshots
+    redis_idle_cpu_per_s: dict[int, float] | None = None  # each Redis pid's CPU s/s before publishing
 
     @property
     def publish_rate(self) -> float:
@@ -239,13 +245,16 @@ async def run(adapter: Adapter, options: DriverOptions) -> dict[str, Any]:
 async def measure(adapter: Adapter, options: DriverOptions) -> Measured:
     """Publish for ``duration``, wait for the deliveries (``drain`` at most), and take the figures."""
     tally = adapter.tally
+    idle = await redis_idle(adapter.redis_pids, options.redis_idle) if options.redis_idle > 0 else None
     before = CpuSnapshot.take(adapter.pids, adapter.redis_pids)
+    snapshot = time.perf_counter()
     tally.first_publish = time.perf_counter()
     publish_s = await publish_for(
         options.duration, adapter.publishers, adapter.publish_one, rate=options.rate, window=options.window
     )
     complete = await _until(adapter.delivered_all, options.drain)
     after = CpuSnapshot.take(adapter.pids, adapter.redis_pids)
+    cpu_window_s = time.perf_counter() - snapshot
     window = max(tally.last_receipt, tally.first_publish + publish_s) - tally.first_publish
     return Measured(
         publish_s=publish_s,
@@ -256,7 +265,21 @@ async def measure(adapter: Adapter, options: DriverOptions) -> Measured:
         latency_ms=latency_ms(sorted(tally.latencies)),
         published=tally.published,
         deliveries=adapter.deliveries(),
+        cpu_window_s=cpu_window_s,
+        redis_idle_cpu_per_s=idle,
     )
+
+
+async def redis_idle(pids: list[int], seconds: float) -> dict[int, float] | None:
+    """Each Redis pid's CPU seconds per second over ``seconds`` of quiet; None without pids or if one died."""
+    if not pids:
+        return None
+    before, start = CpuSnapshot.take([], pids).redis, time.perf_counter()
+    await asyncio.sleep(seconds)
+    after, elapsed = CpuSnapshot.take([], pids).redis, time.perf_counter() - start
+    if not before or not after:
+        return None
+    return {pid: (after[pid] - before[pid]) / elapsed for pid in pids}
 
 
 async def settle(pids: list[int], at_least: float, at_most: float) -> bool:
@@ -310,6 +333,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect-concurrency", type=int, help="handshakes in flight (default 100)")
     parser.add_argument(
         "--max-settle", type=float, help="seconds at most waiting for the nodes to go quiet (120)"
+    )
+    parser.add_argument(
+        "--redis-idle",
+        type=float,
+        help="seconds measuring Redis's background CPU before publishing (default 0: not measured)",
     )
 
 

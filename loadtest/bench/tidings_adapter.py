@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loadtest.bench.driver import DriverOptions, Measured, Opening, Receiver, Stream, Tally
+from loadtest.bench.shards import shard_figures
 from loadtest.benchkit import per, raise_open_file_limit
 from loadtest.fastws import FastWebSocket, open_websocket
 from loadtest.procstat import listener_pids
@@ -37,6 +38,7 @@ class BenchOptions(DriverOptions):
     secret: str | None = None
     pids: list[int] | None = None
     redis_pids: list[int] | None = None  # reported apart: the backplane's share, not the nodes'
+    key_prefix: str = "tidings"  # the nodes' TIDINGS_KEY_PREFIX: which shard serves a room (several pids)
     slow_readers: int = 0  # connections in the room that never read (they must be cut off, not slow others)
 
 
@@ -319,12 +321,38 @@ class TidingsAdapter:
             **m.cpu,
             "cpu_us_per_delivery": per(node_cpu * 1e6, m.deliveries) if node_cpu is not None else None,
             "cpu_us_per_publication": per(node_cpu * 1e6, m.published) if node_cpu is not None else None,
+            "redis_cpu_us_per_publication": (
+                per(m.cpu["redis_cpu_s"] * 1e6, m.published) if m.cpu["redis_cpu_s"] is not None else None
+            ),
+            **self.redis_background(m),
+            **self.shards(m),
             "window_s": round(m.window_s, 3),
             "slow_readers": o.slow_readers,
             "closed_by_server": {str(k): v for k, v in sorted(self.tally.closed.items())},
             # A paused reader never sees its 4008 close frame; the nodes count it (/metrics).
             "too_slow_closes": await self.too_slow_closes() if o.slow_readers else None,
         }
+
+    def redis_background(self, m: Measured) -> dict[str, Any]:
+        """Redis's CPU while idle (``--redis-idle``) and its CPU per publication above that background."""
+        idle = m.redis_idle_cpu_per_s
+        if idle is None or m.cpu["redis_cpu_s"] is None or not m.published:
+            return {}
+        background = sum(idle.values()) * m.cpu_window_s
+        return {
+            "redis_idle_ms_per_s": {str(pid): round(rate * 1e3, 2) for pid, rate in idle.items()},
+            "redis_cpu_us_per_publication_above_idle": per(
+                (m.cpu["redis_cpu_s"] - background) * 1e6, m.published
+            ),
+        }
+
+    def shards(self, m: Measured) -> dict[str, Any]:
+        """With several Redis pids (a Redis Cluster's primaries): rooms and CPU per shard, and the balance."""
+        if len(self.redis_pids) < 2:
+            return {}
+        published = {room.channel: len(room.acked) for room in self.rooms}
+        cpu = {int(pid): seconds for pid, seconds in m.cpu["redis_cpu"].items()}
+        return shard_figures(self.o.key_prefix, published, self.redis_pids, cpu, m.redis_idle_cpu_per_s)
 
     def closing(self) -> dict[str, Any]:
         return {"other_pushes": dict(sorted(self.tally.other.items()))}
@@ -413,11 +441,14 @@ def _delivery_lines(result: dict[str, Any]) -> list[str]:
         ("CPU per delivery", f"{result['cpu_us_per_delivery']} us"),
         ("CPU per publication", f"{result['cpu_us_per_publication']} us"),
         ("bench CPU / window", f"{result['bench_cpu_s']} s / {result['window_s']} s"),
-        ("Redis CPU", f"{result['redis_cpu_s']} s"),
+        ("Redis CPU", f"{result['redis_cpu_s']} s ({result['redis_cpu_us_per_publication']} us/publication)"),
+        *_redis_idle_rows(result),
         ("other processes' CPU", f"{result['others_cpu_s']} s"),
         ("lost / dups / reordered", f"{result['lost']} / {result['duplicates']} / {result['reordered']}"),
     ]
     lines = [f"  {name:<25} {value}" for name, value in rows]
+    if result.get("shards"):
+        lines += _shard_lines(result)
     for name, s in result["pairs"].items():
         lines.append(
             f"    {name:<10} expected {s['expected']:>9} delivered {s['delivered']:>9} "
@@ -438,3 +469,31 @@ def _delivery_lines(result: dict[str, Any]) -> list[str]:
             "TIDINGS_COMMAND_RATE and TIDINGS_COMMAND_BURST above the rate measured)"
         )
     return lines
+
+
+def _redis_idle_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    if "redis_idle_ms_per_s" not in result:
+        return []
+    idle = " + ".join(str(v) for v in result["redis_idle_ms_per_s"].values())
+    return [
+        ("Redis CPU while idle", f"{idle} ms/s"),
+        ("Redis above idle", f"{result['redis_cpu_us_per_publication_above_idle']} us/publication"),
+    ]
+
+
+def _shard_lines(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"  Redis shards              {result['redis_shards']}: CPU balance (max/min - 1) "
+        f"{result['shard_cpu_balance_pct']} %, rooms balance {result['shard_rooms_balance_pct']} %"
+    ]
+    for index, shard in enumerate(result["shards"]):
+        lines.append(
+            f"    shard {index} (pid {shard['pid']}) rooms {shard['rooms']:>5} published {shard['published']:>7} "
+            f"CPU {shard['cpu_s']} s ({_signed(shard['vs_mean_pct'])} % vs mean, "
+            f"{shard['cpu_us_per_publication']} us per own publication; idle {shard['idle_ms_per_s']} ms/s)"
+        )
+    return lines
+
+
+def _signed(value: float | None) -> str:
+    return "?" if value is None else f"{value:+}"
