@@ -39,7 +39,10 @@ def store_client(url: str) -> StoreClient:
             username=target.username,
             password=target.password,
             ssl=target.tls,
-            max_connections=_MAX_CONNECTIONS,
+            # Per server, and redis-py's cluster client fails (then retries after a sleep) instead of
+            # waiting for a free connection; the hot per-connect calls go through the backplane's
+            # pipeline, so these serve the rarer store calls of a disconnect storm.
+            max_connections=_MAX_CONNECTIONS * 4,
             socket_timeout=_SOCKET_TIMEOUT,
             socket_connect_timeout=_SOCKET_TIMEOUT,
         )
