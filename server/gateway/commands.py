@@ -300,18 +300,23 @@ class CommandRunner:
         return channels
 
     async def _undo_connect(self, connection: Connection, releases: list[tuple[str, StreamPosition]]) -> None:
-        for held, _ in releases:
-            connection.release(held, after=None)
+        # What was held is dropped only once the hub has let go of the connection: released any
+        # earlier, a publication arriving meanwhile would reach the client before any connect reply.
+        held = [channel for channel, _ in releases]
         releases.clear()
-        self.hub.unregister(connection)
-        self.limits.remove_user(connection.session.user)
-        for channel in list(connection.session.channels.values()):
-            try:
-                await self.drop_subscription(connection, channel)
-            except StoreUnavailable:
-                # The hub let go of it; a presence entry left in Redis goes with the dead-node sweep.
-                await self.hub.unsubscribe(channel.text, connection)
-        connection.session.reset()
+        try:
+            self.hub.unregister(connection)
+            self.limits.remove_user(connection.session.user)
+            for channel in list(connection.session.channels.values()):
+                try:
+                    await self.drop_subscription(connection, channel)
+                except StoreUnavailable:
+                    # The hub let go of it; a presence entry left in Redis goes with the dead-node sweep.
+                    await self.hub.unsubscribe(channel.text, connection)
+            connection.session.reset()
+        finally:
+            for channel_text in held:
+                connection.release(channel_text, after=None)
 
     async def _subscribe(
         self,
@@ -343,8 +348,10 @@ class CommandRunner:
             else:
                 top, result = await self._recover(text, since, budget)
         except BaseException:
-            connection.release(text, after=None)
-            await self.hub.unsubscribe(text, connection)
+            try:
+                await self.hub.unsubscribe(text, connection)  # first: nothing reaches it unheld
+            finally:
+                connection.release(text, after=None)
             raise
         connection.session.add_channel(channel)
         releases.append((text, top))
@@ -355,8 +362,10 @@ class CommandRunner:
                 await self._check_room_access(connection, channel)
             except BaseException:
                 releases.pop()
-                connection.release(text, after=None)
-                await self.drop_subscription(connection, channel)
+                try:
+                    await self.drop_subscription(connection, channel)
+                finally:
+                    connection.release(text, after=None)
                 raise
         if channel.tracks_presence:
             await self._add_presence(connection, channel)

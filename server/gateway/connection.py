@@ -441,13 +441,16 @@ async def _serve(
     session = connection.session
     expiry: asyncio.TimerHandle | None = None
     try:
-        async with asyncio.timeout(settings.connect_timeout):
-            # Until a connect succeeds, the deadline holds: a connect answered with an error reply
-            # (500, 503) may be retried, but an unauthenticated socket never outlives connect_timeout.
-            while session.state is State.CONNECTING:
+        # Until a connect succeeds, the deadline holds for reading the next frame: a connect answered
+        # with an error reply (500, 503) may be retried, but an unauthenticated socket never outlives
+        # connect_timeout. A connect being carried out is not cut by it: on a node slowed by a storm
+        # that would close a well-behaved client with 4500 and cancel its connect half way.
+        deadline = asyncio.get_running_loop().time() + settings.connect_timeout
+        while session.state is State.CONNECTING:
+            async with asyncio.timeout_at(deadline):
                 message = await receive()
-                if not await _handle_frame(message, connection, gateway):
-                    return
+            if not await _handle_frame(message, connection, gateway):
+                return
         connected()
         if session.state is State.OPEN and session.principal is not None:
             expiry = asyncio.get_running_loop().call_later(
