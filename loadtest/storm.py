@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -45,15 +46,16 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python loadtest/storm.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest.bench.connects import dial
+from loadtest.bench.dial import dial
 from loadtest.bench.driver import run_on_uvloop, settle
+from loadtest.bench.machine import process_ticks, top_users
 from loadtest.bench.storm_clients import Client, Pool, Publisher
 from loadtest.benchkit import CpuSnapshot, latency_ms, raise_open_file_limit
 from loadtest.processes import NodeProcess, free_port, stop_all
 from tidings.server.devcluster.valkey import ValkeyServer
 from tidings.server.gateway.auth import issue_token
 
-__all__ = ["StormOptions", "main", "parse_args", "table"]
+__all__ = ["StormOptions", "main", "parse_args", "summarize_log", "table"]
 
 # The publisher sends more commands than a browser may (50/s): lift its limit, as make bench does.
 NODE_ENV = {"TIDINGS_COMMAND_RATE": "1000000", "TIDINGS_COMMAND_BURST": "1000000"}
@@ -131,22 +133,46 @@ def start_nodes(count: int, redis_url: str, log_dir: Path) -> _Run:
     return run
 
 
-def node_log_errors(nodes: list[NodeProcess], limit: int = 12) -> dict[str, Any]:
-    """Lines of the nodes' logs (warning level and up), and the first distinct error lines."""
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
+_IDS = re.compile(r"\b(?=[0-9a-f-]*\d)[0-9a-f-]{3,}\b|\d+")
+
+
+def summarize_log(text: str) -> dict[str, int]:
+    """Log records counted by shape (level, logger, message with ids and numbers as ``N``); an ERROR's
+    traceback adds its last line (the exception) to the shape."""
     counts: dict[str, int] = {}
-    errors: list[str] = []
+    shape = None
+    for line in [*text.splitlines(), "9999-01-01 00:00:00,000 INFO end"]:
+        match = _RECORD.match(line)
+        if match is None:
+            if shape is not None and line and not line.startswith((" ", "Traceback", "The above", "During")):
+                shape = f"{shape.split(' | ')[0]} | {_IDS.sub('N', line)[:160]}"  # the traceback's last line
+            continue
+        if shape is not None:
+            counts[shape] = counts.get(shape, 0) + 1
+        level, message = match.groups()
+        shape = f"{level} {_IDS.sub('N', message)[:160]}"
+    return counts
+
+
+def node_logs(nodes: list[NodeProcess], limit: int = 12) -> dict[str, Any]:
+    """What the nodes logged (warning level and up: they run with --log-level warning), by shape."""
+    summary: dict[str, int] = {}
     for node in nodes:
         try:
-            lines = node.log.read_text(errors="replace").splitlines()
+            text = node.log.read_text(errors="replace")
         except OSError:
             continue
-        counts[node.node_id] = len(lines)
-        for line in lines:
-            if any(word in line for word in ("ERROR", "CRITICAL", "Traceback", "Exception")):
-                entry = f"{node.node_id}: {line[:240]}"
-                if entry not in errors and len(errors) < limit:
-                    errors.append(entry)
-    return {"log_lines": counts, "log_errors": errors}
+        for shape, count in summarize_log(text).items():
+            summary[f"{node.node_id} {shape}"] = count
+    ordered = sorted(summary.items(), key=lambda item: -item[1])
+    return {
+        "log_records": sum(summary.values()),
+        "log_errors": sum(
+            count for shape, count in summary.items() if " ERROR " in shape or " CRITICAL " in shape
+        ),
+        "log_summary": dict(ordered[:limit]),
+    }
 
 
 def node_metrics(nodes: list[NodeProcess]) -> dict[str, dict[str, float]]:
@@ -198,7 +224,12 @@ async def _open(o: StormOptions, run: _Run, pool: Pool, publisher: Publisher) ->
     token = issue_token(f"{user}-publisher", run.secret, ttl=3600)
     message = json.dumps({"id": 1, "op": "connect", "token": token})
     publisher.ws, _, _ = await dial(
-        pool.ws_urls[0], "tidings.json", message, first, timeout=30.0, then=publisher.on_message
+        pool.ws_urls[0],
+        "tidings.json",
+        message,
+        first,
+        timeout=30.0,
+        then=lambda ws: (publisher.on_message, publisher.on_close),
     )
     quiet = await settle([node.pid for node in run.nodes], 1.0, 20.0)
     return {
@@ -217,41 +248,52 @@ async def _storm(o: StormOptions, run: _Run, pool: Pool) -> dict[str, Any]:
     moved = [client for client in pool.clients if client.node == index and client.ws is not None]
     for client in moved:
         client.moved = True
+    processes = process_ticks()
     before = CpuSnapshot.take(survivors, [run.valkey_pid])
     killed_at = time.perf_counter()
     victim.kill()
     back = await _until(lambda: all(c.recovered_at for c in moved), o.storm_timeout)
-    done_at = time.perf_counter()
+    window = time.perf_counter() - killed_at
     after = CpuSnapshot.take(survivors, [run.valkey_pid])
-    window = done_at - killed_at
+    ours = [*survivors, run.valkey_pid, victim.pid, os.getpid()]
+    others = top_users(processes, process_ticks(), exclude=ours)
     await asyncio.sleep(o.after)
-    tail = CpuSnapshot.take(survivors, [run.valkey_pid])
-    times = sorted(c.recovered_at - killed_at for c in moved if c.recovered_at)
-    detected = [c.lost_at - killed_at for c in moved if c.lost_at]
+    tail = before.figures_until(CpuSnapshot.take(survivors, [run.valkey_pid]))
     cpu = before.figures_until(after)
     return {
         "killed": victim.node_id,
-        "moved": len(moved),
-        "recovered": len(times),
+        **_recovery(moved, killed_at, run.node_ids),
         "all_back": back,
-        "recovery_ms": latency_ms(times),
-        "last_back_s": round(times[-1], 3) if times else None,
-        "first_back_s": round(times[0], 3) if times else None,
-        "back_within_s": {str(t): sum(1 for x in times if x <= t) for t in (0.5, 1, 2, 5, 10)},
         "window_s": round(window, 3),
-        "detected_max_ms": round(max(detected, default=0.0) * 1000, 1),
-        # The successful attempt alone, from its TCP connect to the connect reply: the node's share.
-        "reconnect_ms": latency_ms(sorted(c.dial_ms / 1000 for c in moved if c.recovered_at)),
-        "attempts": _histogram(c.attempts for c in moved),
-        "reconnected_to": _histogram(run.node_ids[c.node] for c in moved if c.recovered_at),
         **cpu,
         "survivor_cpu_pct": {
             run.node_ids[i]: _pct(cpu["node_cpu"].get(str(pid)), window) for i, pid in enumerate(survivors)
         },
         "bench_bound": cpu["bench_cpu_s"] > 0.85 * window,
+        "others_top": others,  # who used the CPU that others_cpu_s counts
         "tail_s": round(window + o.after, 3),
-        "tail_node_cpu_s": before.figures_until(tail)["node_cpu_s"],
-        "tail_redis_cpu_s": before.figures_until(tail)["redis_cpu_s"],
+        "tail_node_cpu_s": tail["node_cpu_s"],
+        "tail_redis_cpu_s": tail["redis_cpu_s"],
+    }
+
+
+def _recovery(moved: list[Client], killed_at: float, node_ids: list[str]) -> dict[str, Any]:
+    """When the clients of the killed node were back, from the kill; how many tries it took."""
+    times = sorted(c.recovered_at - killed_at for c in moved if c.recovered_at)
+    detected = [c.lost_at - killed_at for c in moved if c.lost_at]
+    return {
+        "moved": len(moved),
+        "recovered": len(times),
+        "recovery_ms": latency_ms(times),
+        "first_back_s": round(times[0], 3) if times else None,
+        "last_back_s": round(times[-1], 3) if times else None,
+        "back_within_s": {str(t): sum(1 for x in times if x <= t) for t in (0.5, 1, 2, 5, 10)},
+        "detected_max_ms": round(max(detected, default=0.0) * 1000, 1),
+        # The successful attempt alone, from its TCP connect to the connect reply: the node's share.
+        "reconnect_ms": latency_ms(sorted(c.dial_ms / 1000 for c in moved if c.recovered_at)),
+        "attempts": _histogram(c.attempts for c in moved),
+        "reconnected_to": _histogram(node_ids[c.node] for c in moved if c.recovered_at),
+        "moved_closed_again": sum(1 for c in moved if len(c.closes) > 1),
     }
 
 
@@ -287,6 +329,7 @@ async def _run(o: StormOptions, run: _Run, result: dict[str, Any]) -> None:
         published=publisher.sent,
         acked=sum(len(a) for a in publisher.acked),
         publish_errors=publisher.errors,
+        publisher_closed=publisher.closed,
         complete=complete,
         **pool.account(publisher),
         closes=dict(sorted((str(k), v) for k, v in pool.closed.items())),
@@ -294,6 +337,7 @@ async def _run(o: StormOptions, run: _Run, result: dict[str, Any]) -> None:
         handshake_503=pool.attempt_failures.get("HTTP 503", 0),
         unrecovered=pool.unrecovered,
         stayed_clients_closed=sum(1 for c in pool.clients if c.closes and not c.moved),
+        connected_at_end=sum(1 for c in pool.clients if c.ws is not None and c.ws.close_code is None),
     )
     pool.close_all()
     if publisher.ws is not None:
@@ -348,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         run.valkey_pid = valkey.pid or 0
         run_on_uvloop(lambda: _bounded(o, run, started, result))
         result["node_metrics"] = node_metrics(run.nodes)
-        result.update(node_log_errors(run.nodes))
+        result.update(node_logs(run.nodes))
     finally:
         if run is not None:
             stop_all(run.nodes, 10.0)
@@ -397,9 +441,12 @@ def table(result: dict[str, Any]) -> str:
         f"  published / acked         {r['published']} / {r['acked']}, errors {r['publish_errors'] or 'none'}",
         f"  lost / dups / reordered   {r['lost']} / {r['duplicates']} / {r['reordered']} "
         f"(by group {r['lost_by_group']}); deliveries {r['deliveries']}; complete {r['complete']}",
-        f"  node logs                 {r.get('log_lines')} lines; errors: {len(r.get('log_errors', []))}",
+        f"  node logs                 {r['log_records']} records, {r['log_errors']} at ERROR",
     ]
-    lines += [f"    {line}" for line in r.get("log_errors", [])[:5]]
+    lines += [f"    {count:>5} x {shape}" for shape, count in (result.get("log_summary") or {}).items()]
+    for example in (result.get("loss_examples") or [])[:3]:
+        lines.append(f"  lost by client {example['client']} (room {example['room']}): {example['missing']}")
+        lines += [f"      {step}" for step in example["story"]]
     verdict = "PASS" if r["passed"] else "FAIL"
     if r.get("timed_out"):
         verdict += f" (cut short at --max-run after {r['total_s']} s)"

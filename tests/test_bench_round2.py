@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bench.connects import Closed, Refused, SocketIODialer, TidingsDialer, failure_reason
+from loadtest.bench.connects import SocketIODialer, TidingsDialer
+from loadtest.bench.dial import Closed, Refused, failure_reason
+from loadtest.bench.machine import parse_comm, top_users
 from loadtest.bench.redis_stats import CommandStats, parse_commandstats, parse_listening_ports
 from loadtest.bench.storm_clients import Client, Pool, Publisher, backoff, reconnect_target
 from loadtest.fastws import HandshakeError
+from loadtest.storm import summarize_log
 from tidings.server.devcluster.valkey import find_server_binary
 
 from .support.timing import UNIT
@@ -129,11 +132,12 @@ def test_a_storm_client_counts_recovered_then_live_publications_once_in_order() 
     pool = Pool(["ws://a/ws", "ws://b/ws"], ["room:r0"])
     client = Client(0, 0, 0, "token")
     pool.clients = [client]
-    accept = pool.accept(client)
+    accept = pool.accept(client, 0)
     first = {"id": 1, "result": {"channels": {"user:u": {"epoch": "u1", "offset": 0},
                                               "room:r0": {"epoch": "e1", "offset": 0}}}}  # fmt: skip
     assert accept(None, json.dumps(first).encode()) is not None  # type: ignore[arg-type]
-    on_message = pool.reader(client)
+    assert client.ws is None  # accept() was given no socket here
+    on_message = pool.reader(client, None)  # type: ignore[arg-type]
     on_message(json.dumps(_publication("room:r0", 1)).encode(), True)
     assert json.loads(pool.connect_message(client))["subscribe"] == [
         {"channel": "room:r0", "since": {"epoch": "e1", "offset": 1}},
@@ -161,10 +165,10 @@ def test_a_storm_client_reports_what_was_not_recovered() -> None:
     pool = Pool(["ws://a/ws"], ["room:r0"])
     client = Client(0, 0, 0, "token")
     lost = {"id": 1, "result": {"channels": {"room:r0": {"epoch": "e2", "offset": 9, "recovered": False}}}}
-    pool.accept(client)(None, json.dumps(lost).encode())  # type: ignore[arg-type]
+    pool.accept(client, 0)(None, json.dumps(lost).encode())  # type: ignore[arg-type]
     assert pool.unrecovered == {"room": 1} and client.unrecovered == 1
     with pytest.raises(Refused):
-        pool.accept(client)(None, b'{"id":1,"error":{"code":503,"temporary":true}}')  # type: ignore[arg-type]
+        pool.accept(client, 0)(None, b'{"id":1,"error":{"code":503,"temporary":true}}')  # type: ignore[arg-type]
 
 
 @pytest.mark.cluster
@@ -195,3 +199,29 @@ def test_the_connects_scenario_runs_against_a_fresh_cluster() -> None:
     assert result["cpu_us_per_connect"] > 0 and result["latency_ms"]["p99"] > 0
     # Every connect subscribes its user: channel and its room: the commands show up per connect.
     assert result["redis_calls_per_connect"] > 1 and "evalsha" in result["redis_commands_per_connect"]
+
+
+def test_the_other_processes_that_used_the_cpu_are_named() -> None:
+    assert parse_comm("42 (tidings serve) S 1 2 3") == "tidings serve"
+    before = {1: ("pytest", 100), 2: ("valkey-server", 10), 3: ("gone", 5)}
+    after = {1: ("pytest", 350), 2: ("valkey-server", 60), 4: ("ksoftirqd/0", 20)}
+    assert top_users(before, after, exclude=[2], count=2) == {"pytest[1]": 2.5, "ksoftirqd/0[4]": 0.2}
+
+
+def test_node_logs_are_summarized_by_shape_with_the_exception_of_each_traceback() -> None:
+    log = """2026-12-02 11:21:39,814 ERROR tidings.jobs: taking jobs failed; retrying
+Traceback (most recent call last):
+  File "x.py", line 1, in take
+redis.exceptions.TimeoutError: Timeout reading from 127.0.0.1:60101
+
+The above exception was the direct cause of the following exception:
+
+tidings.server.errors.StoreUnavailable: taking jobs failed
+2026-12-02 11:21:40,001 WARNING tidings.commands: could not clean up user:u-12 of 4f3a2b1c: backplane unavailable
+2026-12-02 11:21:41,002 WARNING tidings.commands: could not clean up user:u-13 of 9e8d7c6b: backplane unavailable
+"""
+    assert summarize_log(log) == {
+        "ERROR tidings.jobs: taking jobs failed; retrying | tidings.server.errors.StoreUnavailable: "
+        "taking jobs failed": 1,
+        "WARNING tidings.commands: could not clean up user:uN of N: backplane unavailable": 2,
+    }

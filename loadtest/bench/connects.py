@@ -27,28 +27,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from loadtest.bench.dial import Refused, dial, failure_reason
 from loadtest.bench.driver import run_on_uvloop, settle
+from loadtest.bench.machine import process_ticks, top_users
 from loadtest.bench.redis_stats import CommandStats, listening_ports, read_commandstats
 from loadtest.bench.tidings_adapter import BenchOptions, TidingsAdapter, node_urls
 from loadtest.benchkit import CpuSnapshot, latency_ms, per, raise_open_file_limit
-from loadtest.fastws import FastWebSocket, HandshakeError, OnClose, OnMessage, open_websocket
+from loadtest.fastws import FastWebSocket, OnMessage
 from loadtest.procstat import rss_of
 
 __all__ = [
-    "Closed",
     "ConnectsRun",
     "Dialer",
-    "Refused",
     "SocketIODialer",
     "TidingsDialer",
-    "dial",
-    "failure_reason",
     "redis_port_of",
     "run_connects",
     "run_socketio",
@@ -57,18 +56,6 @@ __all__ = [
 ]
 
 SCENARIO = {"connections": 5000, "rooms": 250, "connect_concurrency": 200}
-
-
-class Closed(Exception):
-    """The server closed the socket before answering."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(f"closed {code}")
-        self.code = code
-
-
-class Refused(Exception):
-    """The server answered the connect with an error."""
 
 
 class Dialer(Protocol):
@@ -87,71 +74,6 @@ class Dialer(Protocol):
     def node_of(self, index: int, answer: Any) -> str:
         """The node that holds connection ``index``."""
         ...
-
-
-async def dial(
-    uri: str,
-    subprotocol: str | None,
-    message: str | bytes,
-    accept: Callable[[FastWebSocket, bytes], Any],
-    *,
-    timeout: float,
-    then: OnMessage | None = None,
-    then_close: OnClose | None = None,
-) -> tuple[FastWebSocket, float, Any]:
-    """Open ``uri``, send ``message``, wait until ``accept`` finds the answer: (socket, when, answer).
-
-    ``then`` and ``then_close`` take over the socket's callbacks in the very callback that found
-    the answer, so that no frame after it is missed.
-
-    Raises:
-        HandshakeError (e.g. ``HTTP 503``), OSError, TimeoutError, Closed, Refused.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[tuple[float, Any]] = loop.create_future()
-    async with asyncio.timeout(timeout):
-        ws = await open_websocket(uri, subprotocol, open_timeout=timeout)
-
-        def on_message(frame: bytes, text: bool) -> None:
-            if done.done():
-                return
-            try:
-                answer = accept(ws, frame)
-            except Exception as exc:
-                done.set_exception(exc)
-                return
-            if answer is not None:
-                done.set_result((time.perf_counter(), answer))
-                if then is not None:
-                    ws.on_message = then
-                if then_close is not None:
-                    ws.on_close = then_close
-
-        def on_close(code: int) -> None:
-            if not done.done():
-                done.set_exception(Closed(code))
-
-        ws.on_message, ws.on_close = on_message, on_close
-        ws.send(message)
-        try:
-            at, answer = await done
-        except BaseException:
-            ws.abort()
-            raise
-    return ws, at, answer
-
-
-def failure_reason(exc: BaseException) -> str:
-    """A short, countable name for why a connection failed."""
-    if isinstance(exc, HandshakeError):
-        return str(exc)  # "HTTP 503", "connection lost during the handshake"
-    if isinstance(exc, (Closed, Refused)):
-        return str(exc)
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, OSError):
-        return f"OSError {exc.errno}"
-    return type(exc).__name__
 
 
 @dataclass
@@ -321,9 +243,11 @@ async def run_connects(
     """Open the connections, measure the phase and what follows until the nodes are quiet, close."""
     raise_open_file_limit(connections + 512)
     rss_before = rss_of(pids)
+    processes = process_ticks()
     before = _Reading.take(pids, redis_pids, redis_port)
     run = await _open_all(dialer, connections, concurrency, timeout)
     after = _Reading.take(pids, redis_pids, redis_port)
+    others = top_users(processes, process_ticks(), exclude=[*pids, *redis_pids, os.getpid()])
     quiet = await settle(pids, 1.0, max_settle)
     settled = _Reading.take(pids, redis_pids, redis_port)
     rss_after = rss_of(pids)
@@ -345,6 +269,7 @@ async def run_connects(
         "failures_by_reason": run.failures,
         "by_node": dict(sorted(run.by_node.items())),
         "frames_after_connect": run.frames_after,
+        "others_top": others,  # who used the CPU that others_cpu_s counts, over the phase
     }
     result.update(_phase_figures(before, after, len(run.sockets), run.latencies))
     result.update(_quiet_figures(before, settled, len(run.sockets), quiet))
@@ -450,7 +375,7 @@ def table(result: dict[str, Any]) -> str:
         f"until quiet {result['redis_cpu_us_per_connect_until_quiet']} us",
         f"  bench CPU / phase         {result['bench_cpu_s']} s / {result['connect_s']} s"
         f"{'  (BENCH-BOUND: the bench set the pace)' if result['bench_bound'] else ''}; "
-        f"others {result['others_cpu_s']} s",
+        f"others {result['others_cpu_s']} s {result['others_top']}",
         f"  RSS per connection        {result['rss_kib_per_connection']} KiB",
         f"  failures                  {result['failures']} {result['failures_by_reason'] or ''}",
     ]

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadtest.bench.connects import Closed, Refused, dial, failure_reason
+from loadtest.bench.dial import Closed, Refused, dial, failure_reason
 from loadtest.bench.driver import Receiver, Stream
 from loadtest.fastws import FastWebSocket, OnClose, OnMessage
 
@@ -57,7 +57,9 @@ class Client(Receiver):
         "lost_at",
         "moved",
         "positions",
+        "reconnecting",
         "recovered_at",
+        "story",
         "stream",
         "token",
         "unrecovered",
@@ -72,12 +74,14 @@ class Client(Receiver):
         self.stream = Stream()
         self.positions: dict[str, tuple[str, int]] = {}  # channel -> last (epoch, offset) seen
         self.moved = False  # it was on the killed node
+        self.reconnecting = False  # one reconnect loop at a time
         self.lost_at = 0.0
         self.recovered_at = 0.0
         self.attempts = 0  # reconnect attempts, the successful one included
         self.dial_ms = 0.0  # the successful attempt: from its TCP connect to the connect reply
         self.closes: list[int] = []
         self.unrecovered = 0  # channels answered recovered: false
+        self.story: list[str] = []  # what its reconnects did, told when it lost something
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Publisher:
     acked: list[set[int]] = field(default_factory=list)
     epochs: list[str] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    closed: int | None = None  # the close code, if its socket closed before the end
 
     def __post_init__(self) -> None:
         self.acked = [set() for _ in self.rooms]
@@ -122,6 +127,9 @@ class Publisher:
             self.acked[room].add(int(result["offset"]))
             self.epochs[room] = result["epoch"]
 
+    def on_close(self, code: int) -> None:
+        self.closed = code
+
     async def run(self, rate: float, stop: asyncio.Event) -> None:
         """Publish at ``rate`` a second (catching up when late) until ``stop``."""
         start = time.perf_counter()
@@ -146,12 +154,15 @@ class Pool:
     rooms: Sequence[str]
     min_backoff: float = 0.1
     max_backoff: float = 5.0
-    open_timeout: float = 10.0
+    open_timeout: float = 5.0  # the SDK's: TCP connect and handshake
+    reply_timeout: float = 10.0  # the SDK's call timeout: the connect reply
     clients: list[Client] = field(default_factory=list)
     closed: dict[int, int] = field(default_factory=dict)  # close code -> times a client's socket got it
     attempt_failures: dict[str, int] = field(default_factory=dict)  # failed reconnect attempts by reason
     unrecovered: dict[str, int] = field(default_factory=dict)  # channel kind -> recovered: false answers
     epoch_changes: int = 0  # publications of a room under another epoch than the first seen
+    duplicates_by: dict[str, int] = field(default_factory=dict)  # "moved|stayed/reply|live" -> count
+    stale: dict[str, int] = field(default_factory=dict)  # frames and closes of a socket no longer current
     stopping: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _decoded: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
@@ -169,8 +180,8 @@ class Pool:
             self._decoded[frame] = messages
         return messages
 
-    def deliver(self, client: Client, message: dict[str, Any]) -> None:
-        """One publication (live or recovered) for ``client``."""
+    def deliver(self, client: Client, message: dict[str, Any], source: str = "live") -> None:
+        """One publication for ``client``: ``live``, or recovered in a connect ``reply``."""
         offset = message.get("offset")
         if offset is None:
             return  # ephemeral
@@ -179,13 +190,17 @@ class Pool:
             first = self._room_epochs.setdefault(client.room, epoch)
             if epoch != first:
                 self.epoch_changes += 1
-            client.count(client.stream, offset)
+            if not client.count(client.stream, offset):
+                key = f"{'moved' if client.moved else 'stayed'}/{source}"
+                self.duplicates_by[key] = self.duplicates_by.get(key, 0) + 1
         known = client.positions.get(channel)
         if known is None or known[0] != epoch or known[1] < offset:
             client.positions[channel] = (epoch, offset)
 
-    def reader(self, client: Client) -> OnMessage:
+    def reader(self, client: Client, ws: FastWebSocket) -> OnMessage:
         def on_message(frame: bytes, text: bool) -> None:
+            if ws is not client.ws:
+                self.stale["frames"] = self.stale.get("frames", 0) + 1
             for message in self.decode(frame):
                 if message.get("push") == "publication":
                     self.deliver(client, message)
@@ -203,15 +218,21 @@ class Pool:
                 client.unrecovered += 1
                 kind = channel.split(":", 1)[0]
                 self.unrecovered[kind] = self.unrecovered.get(kind, 0) + 1
-            for publication in state.get("publications", ()):
-                self.deliver(client, publication)
+            publications = state.get("publications", ())
+            for publication in publications:
+                self.deliver(client, publication, "reply")
             top, known = (state["epoch"], int(state["offset"])), client.positions.get(channel)
+            if channel == self.rooms[client.room] and len(client.story) < 20:
+                offsets = [p["offset"] for p in publications]
+                client.story.append(
+                    f"reply: top {top[1]}, recovered {state.get('recovered')}, publications {offsets[:10]}"
+                )
             if known is None or known[0] != top[0] or known[1] < top[1]:
                 client.positions[channel] = top
             if channel == self.rooms[client.room] and client.stream.highest == 0 and not client.received:
                 client.stream.highest = top[1]  # the first subscribe: owed what comes after it
 
-    def accept(self, client: Client) -> Any:
+    def accept(self, client: Client, node: int) -> Any:
         """The frame callback until the connect reply: pushes before it, the reply, pushes after it."""
 
         def accept(ws: FastWebSocket, frame: bytes) -> Any:
@@ -224,6 +245,7 @@ class Pool:
                     if "error" in message:
                         raise Refused(f"error {message['error'].get('code')}")
                     answer = message["result"]
+                    client.ws, client.node = ws, node  # current from here: its frames count
                     self.apply(client, answer)
                 elif message.get("push") == "publication":
                     self.deliver(client, message)
@@ -246,16 +268,15 @@ class Pool:
 
     async def open(self, client: Client, node: int) -> None:
         """Connect ``client`` to ``node`` and apply the reply; raises as :func:`connects.dial` does."""
-        ws, _, _ = await dial(
+        await dial(
             self.ws_urls[node],
             "tidings.json",
             self.connect_message(client),
-            self.accept(client),
+            self.accept(client, node),
             timeout=self.open_timeout,
-            then=self.reader(client),
-            then_close=self.on_close(client),
+            reply_timeout=self.reply_timeout,
+            then=lambda ws: (self.reader(client, ws), self.on_close(client, ws)),
         )
-        client.ws, client.node = ws, node
 
     async def open_all(self, clients: list[Client], concurrency: int) -> dict[str, int]:
         """Connect every client to its node with ``concurrency`` in flight; failures by reason."""
@@ -276,13 +297,17 @@ class Pool:
 
     # --- losing and reconnecting -------------------------------------------------------------------
 
-    def on_close(self, client: Client) -> OnClose:
+    def on_close(self, client: Client, ws: FastWebSocket) -> OnClose:
         def closed(code: int) -> None:
             self.closed[code] = self.closed.get(code, 0) + 1
+            if ws is not client.ws or client.reconnecting:
+                self.stale["closes"] = self.stale.get("closes", 0) + 1
+                return
             client.closes.append(code)
             if self.stopping:
                 return
-            client.lost_at = time.perf_counter()
+            client.lost_at = client.lost_at or time.perf_counter()  # the first loss
+            client.reconnecting = True
             task = asyncio.get_running_loop().create_task(self.reconnect(client, client.node))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -291,6 +316,12 @@ class Pool:
 
     async def reconnect(self, client: Client, lost: int) -> None:
         """Back off, try another node, until connected (or the run stops)."""
+        try:
+            await self._reconnect(client, lost)
+        finally:
+            client.reconnecting = False
+
+    async def _reconnect(self, client: Client, lost: int) -> None:
         attempt = 0
         while not self.stopping:
             await asyncio.sleep(backoff(attempt, self.min_backoff, self.max_backoff))
@@ -298,16 +329,29 @@ class Pool:
             attempt += 1
             client.attempts += 1
             started = time.perf_counter()
+            since = client.positions.get(self.rooms[client.room], ("", 0))[1]
+            if len(client.story) < 20:
+                client.story.append(
+                    f"attempt {attempt} to node {node + 1}, since {since}, had {client.stream.highest}"
+                )
             try:
                 await self.open(client, node)
             except (OSError, TimeoutError, Closed, Refused) as exc:
                 reason = failure_reason(exc)
+                if len(client.story) < 20:
+                    client.story.append(f"failed: {reason}")
                 self.attempt_failures[reason] = self.attempt_failures.get(reason, 0) + 1
                 if isinstance(exc, Closed):
                     self.closed[exc.code] = self.closed.get(exc.code, 0) + 1
                 continue
-            client.recovered_at = time.perf_counter()
-            client.dial_ms = (client.recovered_at - started) * 1000
+            if client.ws is None or client.ws.close_code is not None:  # closed right after its reply
+                self.attempt_failures["closed after the reply"] = (
+                    self.attempt_failures.get("closed after the reply", 0) + 1
+                )
+                continue
+            if not client.recovered_at:  # the first time back (a later drop is in ``closes``)
+                client.recovered_at = time.perf_counter()
+                client.dial_ms = (client.recovered_at - started) * 1000
             return
 
     def close_all(self) -> None:
@@ -324,10 +368,15 @@ class Pool:
         """Every client must hold every acknowledged publication of its room once, in order."""
         lost = duplicates = reordered = incomplete = 0
         lost_by: dict[str, int] = {"moved": 0, "stayed": 0}
+        examples: list[dict[str, Any]] = []
         for client in self.clients:
             acked = publisher.acked[client.room]
             last = max(acked, default=0)
-            missing = len(client.stream.missing(last) & acked)
+            gaps = sorted(client.stream.missing(last) & acked)
+            missing = len(gaps)
+            if missing and len(examples) < 5:
+                story = {"client": client.index, "room": client.room, "missing": gaps[:10]}
+                examples.append({**story, "acked_last": last, "story": client.story})
             lost += missing
             lost_by["moved" if client.moved else "stayed"] += missing
             duplicates += client.duplicates
@@ -336,8 +385,11 @@ class Pool:
         return {
             "lost": lost,
             "lost_by_group": lost_by,
+            "loss_examples": examples,
             "clients_missing_something": incomplete,
             "duplicates": duplicates,
+            "duplicates_by": dict(sorted(self.duplicates_by.items())),
+            "stale_socket_events": self.stale,
             "reordered": reordered,
             "epoch_changes": self.epoch_changes,
             "deliveries": sum(c.received for c in self.clients),
