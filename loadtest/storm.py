@@ -89,6 +89,7 @@ class _Run:
     secret: str
     key_prefix: str
     log_dir: Path
+    log_marks: dict[str, int] | None = None  # log sizes when the clients were closed
 
 
 # --- the cluster -------------------------------------------------------------------------------------
@@ -155,23 +156,36 @@ def summarize_log(text: str) -> dict[str, int]:
     return counts
 
 
-def node_logs(nodes: list[NodeProcess], limit: int = 12) -> dict[str, Any]:
-    """What the nodes logged (warning level and up: they run with --log-level warning), by shape."""
-    summary: dict[str, int] = {}
+def _log_sizes(nodes: list[NodeProcess]) -> dict[str, int]:
+    sizes = {}
     for node in nodes:
         try:
-            text = node.log.read_text(errors="replace")
+            sizes[node.node_id] = node.log.stat().st_size
         except OSError:
             continue
-        for shape, count in summarize_log(text).items():
-            summary[f"{node.node_id} {shape}"] = count
-    ordered = sorted(summary.items(), key=lambda item: -item[1])
+    return sizes
+
+
+def node_logs(nodes: list[NodeProcess], marks: dict[str, int] | None, limit: int = 12) -> dict[str, Any]:
+    """What the nodes logged (warning level and up: they run with --log-level warning), by shape: up to
+    ``marks`` (the log sizes when the bench closed its clients), and from there to the end."""
+    during: dict[str, int] = {}
+    closing: dict[str, int] = {}
+    for node in nodes:
+        try:
+            data = node.log.read_bytes()
+        except OSError:
+            continue
+        cut = (marks or {}).get(node.node_id, len(data))
+        for part, summary in ((data[:cut], during), (data[cut:], closing)):
+            for shape, count in summarize_log(part.decode(errors="replace")).items():
+                summary[f"{node.node_id} {shape}"] = count
+    errors = [count for shape, count in during.items() if " ERROR " in shape or " CRITICAL " in shape]
     return {
-        "log_records": sum(summary.values()),
-        "log_errors": sum(
-            count for shape, count in summary.items() if " ERROR " in shape or " CRITICAL " in shape
-        ),
-        "log_summary": dict(ordered[:limit]),
+        "log_records": sum(during.values()),
+        "log_errors": sum(errors),
+        "log_summary": dict(sorted(during.items(), key=lambda item: -item[1])[:limit]),
+        "log_summary_closing": dict(sorted(closing.items(), key=lambda item: -item[1])[:limit]),
     }
 
 
@@ -309,11 +323,25 @@ def _histogram(values: Any) -> dict[str, int]:
 
 
 async def _run(o: StormOptions, run: _Run, result: dict[str, Any]) -> None:
-    """Open, warm up, kill, wait for the storm to pass, stop publishing, drain, account (into ``result``)."""
+    """The measured run, then (however it ends) every client closed."""
     rooms = [f"room:storm-{run.key_prefix}-{r}" for r in range(o.rooms)]
     pool = Pool([node.ws_url for node in run.nodes], rooms, o.min_backoff, o.max_backoff)
     publisher = Publisher(rooms)
     result.update(rooms=o.rooms, members_per_room=o.clients // o.rooms, rate=o.rate, warmup_s=o.warmup)
+    try:
+        await _measure(o, run, pool, publisher, result)
+    finally:  # also when cut short: the nodes must not have 6,000 clients to drain when told to stop
+        run.log_marks = _log_sizes(run.nodes)  # what the nodes log from here on is about the closing
+        pool.close_all()
+        if publisher.ws is not None:
+            publisher.ws.close()
+        await asyncio.sleep(0.3)
+
+
+async def _measure(
+    o: StormOptions, run: _Run, pool: Pool, publisher: Publisher, result: dict[str, Any]
+) -> None:
+    """Open, warm up, kill, wait for the storm to pass, stop publishing, drain, account (into ``result``)."""
     result.update(await _open(o, run, pool, publisher))
     stop = asyncio.Event()
     publishing = asyncio.get_running_loop().create_task(publisher.run(o.rate, stop))
@@ -339,10 +367,6 @@ async def _run(o: StormOptions, run: _Run, result: dict[str, Any]) -> None:
         stayed_clients_closed=sum(1 for c in pool.clients if c.closes and not c.moved),
         connected_at_end=sum(1 for c in pool.clients if c.ws is not None and c.ws.close_code is None),
     )
-    pool.close_all()
-    if publisher.ws is not None:
-        publisher.ws.close()
-    await asyncio.sleep(0.3)
 
 
 def _verdict(result: dict[str, Any], o: StormOptions) -> None:
@@ -392,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         run.valkey_pid = valkey.pid or 0
         run_on_uvloop(lambda: _bounded(o, run, started, result))
         result["node_metrics"] = node_metrics(run.nodes)
-        result.update(node_logs(run.nodes))
+        result.update(node_logs(run.nodes, run.log_marks))
     finally:
         if run is not None:
             stop_all(run.nodes, 10.0)
@@ -444,6 +468,9 @@ def table(result: dict[str, Any]) -> str:
         f"  node logs                 {r['log_records']} records, {r['log_errors']} at ERROR",
     ]
     lines += [f"    {count:>5} x {shape}" for shape, count in (result.get("log_summary") or {}).items()]
+    if result.get("log_summary_closing"):
+        lines.append("  node logs after the bench closed all its clients at once (not in the figures):")
+        lines += [f"    {count:>5} x {shape}" for shape, count in result["log_summary_closing"].items()]
     for example in (result.get("loss_examples") or [])[:3]:
         lines.append(f"  lost by client {example['client']} (room {example['room']}): {example['missing']}")
         lines += [f"      {step}" for step in example["story"]]

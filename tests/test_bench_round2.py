@@ -12,7 +12,7 @@ import pytest
 
 from loadtest.bench.connects import SocketIODialer, TidingsDialer
 from loadtest.bench.dial import Closed, Refused, failure_reason
-from loadtest.bench.machine import parse_comm, top_users
+from loadtest.bench.machine import parse_comm, parse_ticks_with_children, top_users
 from loadtest.bench.redis_stats import CommandStats, parse_commandstats, parse_listening_ports
 from loadtest.bench.storm_clients import Client, Pool, Publisher, backoff, reconnect_target
 from loadtest.fastws import HandshakeError
@@ -203,6 +203,8 @@ def test_the_connects_scenario_runs_against_a_fresh_cluster() -> None:
 
 def test_the_other_processes_that_used_the_cpu_are_named() -> None:
     assert parse_comm("42 (tidings serve) S 1 2 3") == "tidings serve"
+    stat = "42 (py) S 1 42 42 0 -1 4194560 100 0 0 0 " + "7 3 20 10 20 0 1"
+    assert parse_ticks_with_children(stat) == 40  # utime, stime, and the ended children's
     before = {1: ("pytest", 100), 2: ("valkey-server", 10), 3: ("gone", 5)}
     after = {1: ("pytest", 350), 2: ("valkey-server", 60), 4: ("ksoftirqd/0", 20)}
     assert top_users(before, after, exclude=[2], count=2) == {"pytest[1]": 2.5, "ksoftirqd/0[4]": 0.2}

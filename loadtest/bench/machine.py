@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from loadtest.procstat import parse_stat_cpu_ticks
-
-__all__ = ["parse_comm", "process_ticks", "top_users"]
+__all__ = ["parse_comm", "parse_ticks_with_children", "process_ticks", "top_users"]
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -23,8 +21,15 @@ def parse_comm(text: str) -> str:
     return text[text.index("(") + 1 : text.rindex(")")]
 
 
+def parse_ticks_with_children(text: str) -> int:
+    """utime + stime + cutime + cstime (fields 14-17) of a ``/proc/<pid>/stat`` text, in clock ticks: a
+    process's own CPU and that of its children that ended and were waited for (a test runner's)."""
+    fields = text[text.rindex(")") + 2 :].split()
+    return sum(int(value) for value in fields[11:15])
+
+
 def process_ticks(proc: str = "/proc") -> dict[int, tuple[str, int]]:
-    """Every process's (command name, utime + stime in clock ticks) now."""
+    """Every process's (command name, CPU ticks of it and its ended children) now."""
     found: dict[int, tuple[str, int]] = {}
     for entry in os.listdir(proc):
         if not entry.isdigit():
@@ -34,7 +39,7 @@ def process_ticks(proc: str = "/proc") -> dict[int, tuple[str, int]]:
                 text = fh.read()
         except OSError:  # gone meanwhile
             continue
-        found[int(entry)] = (parse_comm(text), parse_stat_cpu_ticks(text))
+        found[int(entry)] = (parse_comm(text), parse_ticks_with_children(text))
     return found
 
 
@@ -47,8 +52,8 @@ def top_users(
 ) -> dict[str, float]:
     """The ``count`` processes (not in ``exclude``) that used the most CPU seconds between the readings.
 
-    A process that started in between counts from zero; one that ended is missed (its CPU went
-    to its parent's ``cutime``, not read here).
+    A process that started in between counts from zero; one that ended in between counts in its
+    parent, once the parent has waited for it (``cutime``).
     """
     skip = set(exclude)
     used = []
