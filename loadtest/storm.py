@@ -374,6 +374,7 @@ def _verdict(result: dict[str, Any], o: StormOptions) -> None:
     result["close_4008"], result["close_4029"] = closes.get("4008", 0), closes.get("4029", 0)
     failed = (
         result.get("lost", 1) or result.get("duplicates", 1) or result.get("reordered", 1)
+        or result.get("pushed_before_reply", 1)
         or sum(result.get("unrecovered", {}).values()) or not result.get("all_back")
         or result.get("epoch_changes", 1) or not result.get("complete")
     )  # fmt: skip
@@ -462,6 +463,7 @@ def table(result: dict[str, Any]) -> str:
         f"  failed attempts           {r['attempt_failures'] or 'none'}; HTTP 503 {r['handshake_503']}; "
         f"closes {r['closes']} (4008: {r['close_4008']}, 4029: {r['close_4029']})",
         f"  recovered: false          {r['unrecovered'] or 'none'}",
+        f"  publications before the connect reply (the protocol says never): {r['pushed_before_reply']}",
         f"  published / acked         {r['published']} / {r['acked']}, errors {r['publish_errors'] or 'none'}",
         f"  lost / dups / reordered   {r['lost']} / {r['duplicates']} / {r['reordered']} "
         f"(by group {r['lost_by_group']}); deliveries {r['deliveries']}; complete {r['complete']}",

@@ -227,3 +227,14 @@ tidings.server.errors.StoreUnavailable: taking jobs failed
         "taking jobs failed": 1,
         "WARNING tidings.commands: could not clean up user:uN of N: backplane unavailable": 2,
     }
+
+
+def test_a_publication_before_the_connect_reply_is_counted_and_told() -> None:
+    pool = Pool(["ws://a/ws"], ["room:r0"])
+    client = Client(0, 0, 0, "token")
+    client.positions["room:r0"] = ("e1", 1)
+    client.count(client.stream, 1)
+    early = json.dumps(_publication("room:r0", 4)).encode()
+    assert pool.accept(client, 0)(None, early) is None  # type: ignore[arg-type]
+    assert pool.pushed_before_reply == 1 and "room:r0 4 before the reply" in client.story[-1]
+    assert client.positions["room:r0"] == ("e1", 4)  # as the SDK would: the next since skips 2 and 3

@@ -50,6 +50,7 @@ class Client(Receiver):
     """One subscriber: its room's stream, its positions, and the story of its reconnect."""
 
     __slots__ = (
+        "attempt_started",
         "attempts",
         "closes",
         "dial_ms",
@@ -78,6 +79,7 @@ class Client(Receiver):
         self.lost_at = 0.0
         self.recovered_at = 0.0
         self.attempts = 0  # reconnect attempts, the successful one included
+        self.attempt_started = 0.0
         self.dial_ms = 0.0  # the successful attempt: from its TCP connect to the connect reply
         self.closes: list[int] = []
         self.unrecovered = 0  # channels answered recovered: false
@@ -163,6 +165,7 @@ class Pool:
     epoch_changes: int = 0  # publications of a room under another epoch than the first seen
     duplicates_by: dict[str, int] = field(default_factory=dict)  # "moved|stayed/reply|live" -> count
     stale: dict[str, int] = field(default_factory=dict)  # frames and closes of a socket no longer current
+    pushed_before_reply: int = 0  # live publications a node sent on a new socket before its connect reply
     stopping: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _decoded: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
@@ -248,6 +251,16 @@ class Pool:
                     client.ws, client.node = ws, node  # current from here: its frames count
                     self.apply(client, answer)
                 elif message.get("push") == "publication":
+                    if (
+                        answer is None
+                    ):  # the protocol says live publications follow the reply, never precede it
+                        self.pushed_before_reply += 1
+                        if len(client.story) < 20:
+                            since = (time.perf_counter() - client.attempt_started) * 1000
+                            client.story.append(
+                                f"publication {message['channel']} {message.get('offset')} before the reply "
+                                f"({since:.0f} ms into the attempt)"
+                            )
                     self.deliver(client, message)
             return answer
 
@@ -328,7 +341,7 @@ class Pool:
             node = reconnect_target(client.index, lost, attempt, len(self.ws_urls))
             attempt += 1
             client.attempts += 1
-            started = time.perf_counter()
+            started = client.attempt_started = time.perf_counter()
             since = client.positions.get(self.rooms[client.room], ("", 0))[1]
             if len(client.story) < 20:
                 client.story.append(
@@ -339,7 +352,9 @@ class Pool:
             except (OSError, TimeoutError, Closed, Refused) as exc:
                 reason = failure_reason(exc)
                 if len(client.story) < 20:
-                    client.story.append(f"failed: {reason}")
+                    client.story.append(
+                        f"failed: {reason} after {(time.perf_counter() - started) * 1000:.0f} ms"
+                    )
                 self.attempt_failures[reason] = self.attempt_failures.get(reason, 0) + 1
                 if isinstance(exc, Closed):
                     self.closed[exc.code] = self.closed.get(exc.code, 0) + 1
@@ -390,6 +405,7 @@ class Pool:
             "duplicates": duplicates,
             "duplicates_by": dict(sorted(self.duplicates_by.items())),
             "stale_socket_events": self.stale,
+            "pushed_before_reply": self.pushed_before_reply,
             "reordered": reordered,
             "epoch_changes": self.epoch_changes,
             "deliveries": sum(c.received for c in self.clients),
