@@ -97,3 +97,17 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache web/node_modules
+
+# Issue 16 (round 2 of performance): what a connect costs (2 nodes, 5,000 connects with 200 in flight,
+# Redis commands per connect) and a reconnect storm (3 nodes, 6,000 clients, one node SIGKILLed; the
+# storm starts its own Valkey and nodes). `make bench` runs them first, then the fan-out scenarios.
+.PHONY: bench-round2 baseline-connects
+bench: bench-round2
+bench-round2: $(STAMP)
+	$(BIN)/python -m loadtest.run_cluster --nodes 2 -- $(BIN)/python -m loadtest.fanout --scenario connects
+	$(BIN)/python -m loadtest.storm
+
+# The same connects against socket.io 4 + its Redis adapter (loadtest/baseline/README.md; needs Node.js).
+baseline-connects: $(STAMP)
+	cd loadtest/baseline/socketio && npm ci --no-audit --no-fund
+	$(BIN)/python loadtest/baseline/socketio_bench.py --scenario connects

@@ -37,7 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python loadtest/fanout.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest.bench import driver
+from loadtest.bench import connects, driver
 from loadtest.bench.tidings_adapter import BenchOptions, TidingsAdapter, table
 
 __all__ = ["SCENARIOS", "BenchOptions", "main", "parse_args", "run", "table"]
@@ -68,6 +68,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     # 5,000 idle connections: ≤ 20 KiB RSS per connection.
     "idle": {"connections": 5000, "rooms": 0, "idle": True, "duration": 0.0},
+    # Issue 16: 5,000 connects (connect + first room, 250 rooms of 20), 200 in flight: CPU per connect.
+    "connects": connects.SCENARIO,
 }
 
 
@@ -128,12 +130,14 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
 
 def run(options: BenchOptions) -> dict[str, Any]:
     """Run one benchmark against running nodes (on uvloop when available)."""
+    if options.scenario == "connects":
+        return connects.run_tidings(options)
     return driver.run_on_uvloop(lambda: driver.run(TidingsAdapter(options), options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     result = run(parse_args(argv))
-    driver.print_result(result, table)
+    driver.print_result(result, connects.table if result.get("scenario") == "connects" else table)
     failed = result.get("lost", 0) or result.get("duplicates", 0) or result.get("reordered", 0)
     return 1 if failed or result.get("complete") is False else 0
 

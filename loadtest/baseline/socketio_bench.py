@@ -15,6 +15,8 @@ and runs one scenario:
     burst   the same room, the publisher as fast as acknowledged with 16 in flight, 15 s
     rooms   200 rooms x 5 members, every member publishing to its room at 1 msg/s, 15 s
     idle    5,000 idle connections: the nodes' RSS growth per connection
+    connects  5,000 connects (handshake + ``40`` with ``?room=``, 250 rooms of 20), 200 in flight:
+            CPU per connect, connects/s, latency, Redis commands per connect (loadtest/bench/connects.py)
 
 Measured exactly as fanout.py does: the node processes' utime + stime (/proc/<pid>/stat)
 from the first publish until every acknowledged message has reached every member of its
@@ -55,7 +57,7 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from loadtest.bench import driver  # noqa: E402
+from loadtest.bench import connects, driver  # noqa: E402
 from loadtest.bench.socketio_adapter import Options, SocketIOAdapter, table  # noqa: E402
 from loadtest.benchkit import raise_open_file_limit  # noqa: E402
 from loadtest.processes import NodeProcess, free_port, stop_all  # noqa: E402
@@ -71,6 +73,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # fanout.py's rooms: every member publishes to its own room, 1 msg/s each, spread evenly.
     "rooms": {"connections": 1000, "rooms": 200, "publish_from": "members", "rate": 1.0, "duration": 15.0},
     "idle": {"connections": 5000, "idle": True, "duration": 0.0},
+    "connects": connects.SCENARIO,  # issue 16: measured exactly as fanout.py --scenario connects
 }
 
 
@@ -177,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             node.wait_listening(30.0)
         time.sleep(0.5)  # let the nodes finish starting (JIT, adapter subscriptions) before RSS "before"
         adapter = SocketIOAdapter(o, [n.port for n in nodes], [n.pid for n in nodes], valkey.pid)
-        result = driver.run_on_uvloop(lambda: _bounded(adapter, o))
+        if o.scenario == "connects":
+            result = driver.run_on_uvloop(lambda: _connects(o, nodes, valkey.pid))
+        else:
+            result = driver.run_on_uvloop(lambda: _bounded(adapter, o))
         result["machine_before"] = machine
         result["versions"] = versions(o.node_bin, valkey.binary or find_server_binary())
         for node in nodes:
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_all(nodes, 5.0)
         valkey.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
-    driver.print_result(result, table)
+    driver.print_result(result, connects.table if o.scenario == "connects" else table)
     failed = result.get("lost") or result.get("duplicates") or result.get("complete") is False
     return 1 if failed else 0
 
@@ -195,6 +201,18 @@ def main(argv: list[str] | None = None) -> int:
 async def _bounded(adapter: SocketIOAdapter, options: Options) -> dict[str, Any]:
     async with asyncio.timeout(options.max_run):
         return await driver.run(adapter, options)
+
+
+async def _connects(options: Options, nodes: list[NodeProcess], redis_pid: int | None) -> dict[str, Any]:
+    async with asyncio.timeout(options.max_run):
+        return await connects.run_socketio(
+            options.connections,
+            options.rooms,
+            options.connect_concurrency,
+            [n.port for n in nodes],
+            [n.pid for n in nodes],
+            redis_pid,
+        )
 
 
 if __name__ == "__main__":
