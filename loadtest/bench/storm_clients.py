@@ -29,7 +29,7 @@ from typing import Any
 
 from loadtest.bench.dial import Closed, Refused, dial, failure_reason
 from loadtest.bench.driver import Receiver, Stream
-from loadtest.fastws import FastWebSocket, OnClose, OnMessage
+from loadtest.fastws import FastWebSocket, HandshakeError, OnClose, OnMessage
 
 __all__ = ["Client", "Pool", "Publisher", "backoff", "reconnect_target"]
 
@@ -349,7 +349,7 @@ class Pool:
                 )
             try:
                 await self.open(client, node)
-            except (OSError, TimeoutError, Closed, Refused) as exc:
+            except (OSError, TimeoutError, Closed, Refused, HandshakeError) as exc:  # a 503 is shed: retry
                 reason = failure_reason(exc)
                 if len(client.story) < 20:
                     client.story.append(
