@@ -110,8 +110,8 @@ class CommandPipeline:
         runs those calls again (they did not run the first time).
       * At most ``max_batch`` commands go in one round trip; a cancelled caller's
         command is not sent if it has not been sent yet.
-      * An argument :data:`SERVER_ID` is sent as the ``run_id`` of the server that runs the command,
-        read on every (re)connect.
+      * A command whose last argument is :data:`SERVER_ID` is sent with the ``run_id`` of the
+        server that runs it in its place, read on every (re)connect (only the last is looked at).
       * A ``READONLY`` reply (a primary demoted by a failover) drops the connection, so the next
         round trip connects anew (to the new primary when the connection locates it).
     """
