@@ -37,6 +37,7 @@ def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 def serve(args: argparse.Namespace) -> int:
     from tidings.server.config import Settings
+    from tidings.server.gc_tuning import tune_garbage_collector
     from tidings.server.http.app import create_app
     from tidings.server.logs import configure_logging
     from tidings.server.transport.server import node_server
@@ -47,6 +48,7 @@ def serve(args: argparse.Namespace) -> int:
         sockets.append(bind_socket(args.host, args.shared_port, reuse_port=True))
     server = node_server(create_app(settings), settings, shared_sockets=sockets[1:], log_level=args.log_level)
     configure_logging(settings.node_id, log_format=settings.log_format, level=args.log_level)
+    tune_garbage_collector()
     server.run(sockets=sockets)
     return 0
 
