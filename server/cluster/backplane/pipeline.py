@@ -128,6 +128,9 @@ class CommandPipeline:
         self._max_batch = max_batch
         self._queue: list[_Call] = []
         self._server_id = b""
+        self._loop: asyncio.AbstractEventLoop | None = (
+            None  # the first caller's (get_running_loop costs a getpid())
+        )
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -178,7 +181,9 @@ class CommandPipeline:
     def _enqueue(self, args: tuple[EncodableT, ...], script: Script | None) -> asyncio.Future[Any]:
         if self._closed:
             raise BackplaneUnavailable("the backplane is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Call(args, script, future))
         if self._task is None:

@@ -55,7 +55,9 @@ class RespConnection(asyncio.Protocol):
     def __init__(self, on_push: Callable[[Any], None] | None = None) -> None:
         self.on_push = on_push
         self.transport: asyncio.Transport | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept: on Python 3.11 asyncio.get_running_loop() costs a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self._loop.create_future()
         self._reader = hiredis.Reader(replyError=_ReplyError)
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
 
@@ -104,8 +106,8 @@ class RespConnection(asyncio.Protocol):
     def send(self, commands: Sequence[Sequence[EncodableT]]) -> list[asyncio.Future[Any]]:
         """Write commands; one future per reply, resolved in order (error replies as exception values)."""
         self.write(commands)
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
+        create_future = self._loop.create_future
+        futures = [create_future() for _ in commands]
         self._waiting.extend(futures)
         return futures
 
