@@ -10,6 +10,7 @@ import pytest
 
 from tidings.server.cluster.rooms import CachedRooms, RoomDirectory
 from tidings.server.cluster.rooms_memory import InMemoryRooms
+from tidings.server.errors import StoreUnavailable
 from tidings.server.node import NodeState
 
 from .support.node import API_KEY, RunningNode, run_node
@@ -61,6 +62,87 @@ async def test_invalidating_a_room_forgets_only_that_room() -> None:
     assert not await cache.may_access("a", "alice")
     assert await cache.may_access("b", "alice")
     assert directory.asked == asked + 1
+
+
+class GatedSettings(InMemoryRooms):
+    """The in-memory directory whose room-setting reads wait at a gate the test opens, counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings_read = 0
+        self.gate = asyncio.Event()
+
+    async def is_private(self, room: str) -> bool:
+        self.settings_read += 1
+        await self.gate.wait()
+        return await super().is_private(room)
+
+
+async def test_callers_missing_one_room_at_once_share_one_read() -> None:
+    """A connect storm: 50 members of one room ask together; the directory is read once, all get the answer."""
+    directory = GatedSettings()
+    await directory.create("storm", private=False)
+    cache = CachedRooms(directory)
+    asking = [asyncio.ensure_future(cache.may_access("storm", f"u{n}")) for n in range(50)]
+    await wait_until(lambda: directory.settings_read == 1, timeout=UNIT)
+    directory.gate.set()
+    assert await asyncio.gather(*asking) == [True] * 50
+    assert directory.settings_read == 1
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_read() -> None:
+    """The first caller goes away (its client left) while the read is under way: the others still get it."""
+    directory = GatedSettings()
+    await directory.create("r", private=False)
+    cache = CachedRooms(directory)
+    first = asyncio.ensure_future(cache.may_access("r", "a"))
+    await wait_until(lambda: directory.settings_read == 1, timeout=UNIT)
+    second = asyncio.ensure_future(cache.may_access("r", "b"))
+    await asyncio.sleep(0)
+    first.cancel()
+    directory.gate.set()
+    assert await second is True
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert directory.settings_read == 1
+
+
+async def test_a_caller_after_an_invalidation_does_not_share_a_read_from_before_it() -> None:
+    """A room made private while its setting is being read: a later caller reads anew and is refused."""
+    directory = GatedSettings()
+    await directory.create("r", private=False)
+    cache = CachedRooms(directory)
+    early = asyncio.ensure_future(cache.may_access("r", "alice"))
+    await wait_until(lambda: directory.settings_read == 1, timeout=UNIT)
+    await directory.create("r", private=True)
+    cache.invalidate("r")
+    late = asyncio.ensure_future(cache.may_access("r", "alice"))
+    await wait_until(lambda: directory.settings_read == 2, timeout=UNIT)
+    directory.gate.set()
+    assert await late is False
+    await early  # read before the change: its caller sees that generation moved (subscribe asks again)
+
+
+async def test_a_failed_shared_read_fails_every_caller_and_is_not_kept() -> None:
+    """The directory fails: each waiting caller gets the error; the next caller asks again."""
+
+    class Failing(GatedSettings):
+        async def is_private(self, room: str) -> bool:
+            self.settings_read += 1
+            await self.gate.wait()
+            if self.settings_read == 1:
+                raise StoreUnavailable("room directory unavailable")
+            return False
+
+    directory = Failing()
+    cache = CachedRooms(directory)
+    asking = [asyncio.ensure_future(cache.may_access("r", f"u{n}")) for n in range(3)]
+    await wait_until(lambda: directory.settings_read == 1, timeout=UNIT)
+    directory.gate.set()
+    results = await asyncio.gather(*asking, return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert await cache.may_access("r", "u") is True
+    assert directory.settings_read == 2
 
 
 class HeldDirectory:

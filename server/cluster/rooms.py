@@ -14,6 +14,7 @@ history. Cached answers also expire after ``cache_ttl`` as a last safety net.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from typing import Protocol
@@ -42,6 +43,9 @@ class CachedRooms:
       * At most ``max_entries`` answers are kept (least recently used go first): a user asking about
         endless room names cannot grow the node's memory.
       * ``invalidate(room)`` forgets that room's answers in time proportional to them, not to the cache.
+      * Callers missing the same room's setting at once share one directory read (a connect
+        storm into a few hundred rooms asks once per room, not once per member); a caller that
+        comes after an invalidation never shares a read that started before it.
       * An answer read from the directory while an invalidation went by is not cached, and
         ``generation`` changes with every invalidation, so a caller can tell that its answer
         may be stale and ask again.
@@ -56,6 +60,7 @@ class CachedRooms:
         self._private: OrderedDict[str, tuple[bool, float]] = OrderedDict()
         self._members: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
         self._users_of: dict[str, set[str]] = {}  # room → users with a cached answer (for invalidate)
+        self._reading: dict[str, asyncio.Task[bool]] = {}  # room → its setting's read in flight
         self.generation = 0  # bumped by every invalidation: an answer read before one is not cached
 
     def __len__(self) -> int:
@@ -65,12 +70,14 @@ class CachedRooms:
         """Forget everything cached about ``room`` (on a control message or a local change)."""
         self.generation += 1
         self._private.pop(room, None)
+        self._reading.pop(room, None)  # a read under way may be stale: later callers read anew
         for user in self._users_of.pop(room, ()):
             self._members.pop((room, user), None)
 
     def clear(self) -> None:
         self.generation += 1
         self._private.clear()
+        self._reading.clear()
         self._members.clear()
         self._users_of.clear()
 
@@ -80,7 +87,7 @@ class CachedRooms:
         generation = self.generation
         cached = self._private.get(room)
         if cached is None or cached[1] < now:
-            cached = (await self.directory.is_private(room), now + self.cache_ttl)
+            cached = (await self._read_private(room), now + self.cache_ttl)
             if generation == self.generation:
                 self._private[room] = cached
                 self._private.move_to_end(room)
@@ -101,6 +108,23 @@ class CachedRooms:
         else:
             self._members.move_to_end(key)
         return member[0]
+
+    async def _read_private(self, room: str) -> bool:
+        # One read per room in flight, in a task of its own: a caller cancelled meanwhile
+        # (its client left) does not cancel the others' answer.
+        reading = self._reading.get(room)
+        if reading is None:
+            reading = self._reading[room] = asyncio.get_running_loop().create_task(
+                self.directory.is_private(room)
+            )
+            reading.add_done_callback(lambda done: self._forget_read(room, done))
+        return await asyncio.shield(reading)
+
+    def _forget_read(self, room: str, done: asyncio.Task[bool]) -> None:
+        if self._reading.get(room) is done:
+            del self._reading[room]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failed read is raised to its callers, never logged as lost
 
     def _evict(self) -> None:
         while len(self._private) + len(self._members) > self.max_entries:
