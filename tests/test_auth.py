@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.server.channels import Action, Channel, check_user
-from tidings.server.gateway.auth import AuthError, TokenVerifier, check_api_key, issue_token
+from tidings.server.gateway.auth import AuthError, Principal, TokenVerifier, check_api_key, issue_token
 from tidings.server.gateway.protocol import ProtocolError
 
 SECRET = "a-secret-that-is-long-enough-for-hs256-and-even-for-hs512-0123456"
@@ -164,6 +164,87 @@ def test_verifier_with_secret_and_public_key_accepts_both(rsa_key: tuple[Any, st
     verifier = TokenVerifier(secret=SECRET, public_key=rsa_key[1])
     assert verifier.verify(hs256(claims(sub="h")), now=NOW).user == "h"
     assert verifier.verify(jwt.encode(claims(sub="r"), rsa_key[0], algorithm="RS256"), now=NOW).user == "r"
+
+
+def _outcome(verifier: TokenVerifier, token: str) -> Any:
+    try:
+        return verifier.verify(token, now=NOW)
+    except AuthError as exc:
+        return f"refused: {exc}"
+
+
+def _token(header: dict[str, Any], payload: Any, key: str) -> str:
+    """A token signed HS256 over any header and payload (PyJWT would not make some of these)."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(json.dumps(header).encode()) + "." + b64(json.dumps(payload).encode())
+    signature = hmac.new(key.encode(), head.encode(), hashlib.sha256).digest()
+    return head + "." + b64(signature)
+
+
+_claim_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**10), 10**10),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.just(NOW + 60),
+    st.just(NOW - 60),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    header=st.one_of(
+        st.just({"alg": "HS256", "typ": "JWT"}),
+        st.just({"alg": "HS256"}),
+        st.dictionaries(
+            st.sampled_from(["alg", "typ", "kid", "crit"]), st.sampled_from(["HS256", "none", "JWT", 1])
+        ),
+    ),
+    payload=st.one_of(
+        st.builds(
+            lambda base, extra, dropped: {k: v for k, v in {**base, **extra}.items() if k not in dropped},
+            st.fixed_dictionaries(
+                {
+                    "sub": st.sampled_from(["alice", "bob", "", 7, None]),
+                    "exp": st.sampled_from([NOW + 60, NOW - 60, "soon", True]),
+                }
+            ),
+            st.dictionaries(
+                st.sampled_from(["iat", "nbf", "name", "iss", "aud", "jti", "other"]),
+                _claim_values,
+                max_size=3,
+            ),
+            st.sets(st.sampled_from(["sub", "exp"]), max_size=1),
+        ),
+        _claim_values,
+    ),
+    signer=st.sampled_from([SECRET, "another-secret-that-is-long-enough-for-hs256-0123"]),
+)
+def test_the_hs256_fast_path_accepts_exactly_what_pyjwt_accepts(
+    header: Any, payload: Any, signer: str
+) -> None:
+    """Whatever the header, claims and key: the same principal, or the same refusal, as PyJWT alone."""
+    token = _token(header, payload, signer)
+    verifier = TokenVerifier(secret=SECRET)
+    pyjwt_alone = TokenVerifier(secret=SECRET)
+    pyjwt_alone._hmac_key = None  # the PyJWT path only: the reference the fast path must agree with
+    assert _outcome(verifier, token) == _outcome(pyjwt_alone, token)
+
+
+def test_the_fast_path_takes_the_tokens_we_issue() -> None:
+    """issue_token's tokens (the dev mode and SDK shape) take the fast path and give the principal."""
+    verifier = TokenVerifier(secret=SECRET)
+    token = issue_token("alice", SECRET, ttl=60, name="Alice", now=NOW)
+    assert verifier._plain_hs256_claims(token) is not None
+    assert verifier.verify(token, now=NOW) == Principal("alice", "Alice", NOW + 60)
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert verifier._plain_hs256_claims(tampered) is None
+    assert rejection(verifier, tampered) == "bad token signature"
 
 
 def test_verifier_needs_a_key() -> None:
