@@ -16,7 +16,9 @@ and runs one scenario:
     rooms   200 rooms x 5 members, every member publishing to its room at 1 msg/s, 15 s
     idle    5,000 idle connections: the nodes' RSS growth per connection
     connects  5,000 connects (handshake + ``40`` with ``?room=``, 250 rooms of 20), 200 in flight:
-            CPU per connect, connects/s, latency, Redis commands per connect (loadtest/bench/connects.py)
+            CPU per connect, connects/s, latency, Redis commands per connect (loadtest/bench/connects.py);
+            with ``--announce-joins`` the app also tells each room's members of every join,
+            on every node, as Tidings' ``join`` push does
 
 Measured exactly as fanout.py does: the node processes' utime + stime (/proc/<pid>/stat)
 from the first publish until every acknowledged message has reached every member of its
@@ -77,10 +79,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
-def start_node(index: int, redis_url: str, log_dir: str, node_bin: str) -> NodeProcess:
+def start_node(
+    index: int, redis_url: str, log_dir: str, node_bin: str, *, announce_joins: bool = False
+) -> NodeProcess:
     """One ``node server.js`` on a free port of 127.0.0.1, in a process group of its own."""
     port = free_port()
     env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", REDIS_URL=redis_url)
+    env["ANNOUNCE_JOINS"] = "1" if announce_joins else "0"
     env.pop("NODE_OPTIONS", None)
     return NodeProcess.spawn(
         f"node {index + 1}",
@@ -125,11 +130,17 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--max-run", type=float, help="seconds the whole run may take (default 300)")
     parser.add_argument("--node-bin", help="the node executable (default: node on PATH)")
     parser.add_argument(
+        "--announce-joins",
+        action="store_const",
+        const=True,
+        help="the app tells a room's other members of each join, on every node (Tidings' join push)",
+    )
+    parser.add_argument(
         "--wait-quiet", type=float, help="seconds at most to wait for an idle machine first (60)"
     )
     args = parser.parse_args(argv)
     values = driver.scenario_values(
-        SCENARIOS, args, (*driver.RUN_OPTIONS, "nodes", "max_run", "node_bin", "wait_quiet")
+        SCENARIOS, args, (*driver.RUN_OPTIONS, "nodes", "max_run", "node_bin", "wait_quiet", "announce_joins")
     )
     options = Options(scenario=args.scenario, **values)
     if options.rooms < 1 or options.connections % options.rooms:
@@ -175,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     nodes: list[NodeProcess] = []
     try:
         valkey.start()
-        nodes += [start_node(i, valkey.url, log_dir, o.node_bin) for i in range(o.nodes)]
+        nodes += [
+            start_node(i, valkey.url, log_dir, o.node_bin, announce_joins=o.announce_joins)
+            for i in range(o.nodes)
+        ]
         for node in nodes:
             node.wait_listening(30.0)
         time.sleep(0.5)  # let the nodes finish starting (JIT, adapter subscriptions) before RSS "before"
@@ -185,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = driver.run_on_uvloop(lambda: _bounded(adapter, o))
         result["machine_before"] = machine
+        result["announce_joins"] = o.announce_joins
         result["versions"] = versions(o.node_bin, valkey.binary or find_server_binary())
         for node in nodes:
             if not node.alive():

@@ -31,6 +31,7 @@ class Options(DriverOptions):
     max_run: float = 300.0  # seconds: the whole run (opening, settling, publishing, draining)
     wait_quiet: float = 60.0  # seconds at most waiting, before starting, for the machine to be idle
     node_bin: str = "node"
+    announce_joins: bool = False  # the app tells a room's members of each join (as Tidings does)
 
 
 class _Receiver(Receiver):

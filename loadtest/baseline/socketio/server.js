@@ -5,6 +5,10 @@
 //   PORT=3001 REDIS_URL=redis://127.0.0.1:6379 node server.js
 //
 // WebSocket transport only (no long-polling), permessage-deflate off (as on the Tidings nodes).
+//
+// ANNOUNCE_JOINS=1: a joining client is announced to the room's other members on every node
+// ("join" with the room and its id), as Tidings announces every member of a room; the
+// connects benchmark runs socket.io both ways (issue 16).
 
 "use strict";
 
@@ -16,6 +20,7 @@ const { createClient } = require("redis");
 const PORT = Number(process.env.PORT || 3000);
 const HOST = process.env.HOST || "127.0.0.1";
 const REDIS_URL = process.env.REDIS_URL || "redis://127.0.0.1:6379";
+const ANNOUNCE_JOINS = process.env.ANNOUNCE_JOINS === "1";
 
 async function main() {
   const pubClient = createClient({ url: REDIS_URL });
@@ -35,6 +40,9 @@ async function main() {
     const room = socket.handshake.query.room;
     if (typeof room === "string" && room) {
       socket.join(room);
+      if (ANNOUNCE_JOINS) {
+        socket.to(room).emit("join", { room, member: socket.id });
+      }
     }
     socket.on("pub", (data, ack) => {
       if (room) {
