@@ -397,80 +397,80 @@ async def serve_websocket(
     gateway: Gateway,
     *,
     connected: Callable[[], None] = lambda: None,
+    ended: Callable[[], None] = lambda: None,
 ) -> None:
+    # Long: one coroutine for the connection's whole life, not a wrapper and a body: an idle
+    # connection is mostly its suspended frames, and each level costs memory per connection.
     """Run one WebSocket connection from handshake to cleanup (an ASGI app body).
 
-    ``connected`` is called once, when the connect is answered or the socket ends before that.
+    ``connected`` is called once, when the connect is answered or the socket ends before that;
+    ``ended`` once, last, when this coroutine ends however it ends (it has started: see admission.py).
     """
-    pending = True
+    handshaking = True
+    try:
+        settings = gateway.settings
+        if not gateway.origin_allowed(scope):
+            await send({"type": "websocket.close", "code": 1008})  # before accept: an HTTP 403
+            return
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        offered = scope.get("subprotocols") or []
+        codec = Codec.negotiate(offered)
+        # RFC 6455 4.2.2: the server may only select a subprotocol the client offered.
+        await send(
+            {"type": "websocket.accept", "subprotocol": codec.value if codec.value in offered else None}
+        )
+        release_handshake(send)
+        # What uvicorn's scope keeps of the handshake (headers, a copy of the lifespan state) is read only
+        # before this point; for an idle connection's whole life it would be dead weight.
+        scope["headers"] = []
+        scope.pop("state", None)
 
-    def once() -> None:
-        nonlocal pending
-        if pending:
-            pending = False
+        connection = gateway.new_connection(codec, send)
+        bind_connection(
+            connection.client_id
+        )  # every log record of this task carries the connection id (logs.py)
+        session = connection.session
+        expiry: asyncio.TimerHandle | None = None
+        try:
+            # Until a connect succeeds, the deadline holds for reading the next frame: a connect answered
+            # with an error reply (500, 503) may be retried, but an unauthenticated socket never outlives
+            # connect_timeout. A connect being carried out is not cut by it: on a node slowed by a storm
+            # that would close a well-behaved client with 4500 and cancel its connect half way.
+            deadline = asyncio.get_running_loop().time() + settings.connect_timeout
+            while session.state is State.CONNECTING:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+                if not await _handle_frame(message, connection, gateway):
+                    return
+            handshaking = False
             connected()
-
-    try:
-        await _serve(scope, receive, send, gateway, once)
-    finally:
-        once()
-
-
-async def _serve(
-    scope: Scope, receive: Receive, send: Send, gateway: Gateway, connected: Callable[[], None]
-) -> None:
-    settings = gateway.settings
-    if not gateway.origin_allowed(scope):
-        await send({"type": "websocket.close", "code": 1008})  # before accept: an HTTP 403
-        return
-    first = await receive()
-    if first["type"] != "websocket.connect":
-        return
-    offered = scope.get("subprotocols") or []
-    codec = Codec.negotiate(offered)
-    # RFC 6455 4.2.2: the server may only select a subprotocol the client offered.
-    await send({"type": "websocket.accept", "subprotocol": codec.value if codec.value in offered else None})
-    release_handshake(send)
-    # What uvicorn's scope keeps of the handshake (headers, a copy of the lifespan state) is read only
-    # before this point; for an idle connection's whole life it would be dead weight.
-    scope["headers"] = []
-    scope.pop("state", None)
-
-    connection = gateway.new_connection(codec, send)
-    bind_connection(connection.client_id)  # every log record of this task carries the connection id (logs.py)
-    session = connection.session
-    expiry: asyncio.TimerHandle | None = None
-    try:
-        # Until a connect succeeds, the deadline holds for reading the next frame: a connect answered
-        # with an error reply (500, 503) may be retried, but an unauthenticated socket never outlives
-        # connect_timeout. A connect being carried out is not cut by it: on a node slowed by a storm
-        # that would close a well-behaved client with 4500 and cancel its connect half way.
-        deadline = asyncio.get_running_loop().time() + settings.connect_timeout
-        while session.state is State.CONNECTING:
-            async with asyncio.timeout_at(deadline):
+            if session.state is State.OPEN and session.principal is not None:
+                expiry = asyncio.get_running_loop().call_later(
+                    max(0.0, session.principal.expires_at - time.time()),
+                    connection.close,
+                    CLOSE_UNAUTHENTICATED,
+                    "token expired",
+                )
+            while not connection.closed:
                 message = await receive()
-            if not await _handle_frame(message, connection, gateway):
-                return
-        connected()
-        if session.state is State.OPEN and session.principal is not None:
-            expiry = asyncio.get_running_loop().call_later(
-                max(0.0, session.principal.expires_at - time.time()),
-                connection.close,
-                CLOSE_UNAUTHENTICATED,
-                "token expired",
-            )
-        while not connection.closed:
-            message = await receive()
-            if not await _handle_frame(message, connection, gateway):
-                return
-    except TimeoutError:
-        connection.close(CLOSE_PROTOCOL_VIOLATION, f"no connect within {settings.connect_timeout:g} s")
+                if not await _handle_frame(message, connection, gateway):
+                    return
+        except TimeoutError:
+            connection.close(CLOSE_PROTOCOL_VIOLATION, f"no connect within {settings.connect_timeout:g} s")
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            await gateway.handler.disconnected(connection)
+            await connection.wait_closed()
+            await connection.publishes.settle()  # already queued on the backplane: they finish either way
     finally:
-        if expiry is not None:
-            expiry.cancel()
-        await gateway.handler.disconnected(connection)
-        await connection.wait_closed()
-        await connection.publishes.settle()  # already queued on the backplane: they finish either way
+        try:
+            if handshaking:
+                connected()
+        finally:
+            ended()
 
 
 async def _handle_frame(message: Message, connection: Connection, gateway: Gateway) -> bool:

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -62,13 +62,13 @@ class _WebSocketGateway:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself (see TrustedHost): no frame of its own for a connection's life.
         if scope["type"] == "websocket" and scope["path"] == "/ws":
             state: NodeState = scope["state"]
             # Refused with HTTP 503 while draining or full, so a load balancer retries another node.
-            await serve_gateway(scope, receive, send, state)
-            return
-        await self.app(scope, receive, send)
+            return serve_gateway(scope, receive, send, state)
+        return self.app(scope, receive, send)
 
 
 def create_app(settings: Settings, *, backplane: Backplane | None = None) -> Starlette:

@@ -14,6 +14,7 @@ reveal only the node id.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -32,15 +33,19 @@ class TrustedHost:
         self.allowed_hosts = allowed_hosts
         self.allow_any = "*" in allowed_hosts
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: it hands back the app's, so a WebSocket's whole life does not
+        # keep one more suspended frame (memory per idle connection, BENCHMARKS.md round 2).
         if (
             self.allow_any
             or scope["type"] not in ("http", "websocket")
             or (scope["type"] == "http" and scope["path"] in _PROBES)
             or host_allowed(_host_header(scope), self.allowed_hosts)
         ):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # before accept: an HTTP 403
             return

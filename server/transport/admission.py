@@ -9,6 +9,7 @@ the handshake fail and backs off.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
@@ -46,19 +47,30 @@ async def refuse_websocket(scope: Scope, send: Send, status: int, message: str) 
     await send({"type": "websocket.close", "code": 1013})  # "try again later"; uvicorn answers 403
 
 
-async def serve_gateway(scope: Scope, receive: Receive, send: Send, state: NodeState) -> None:
-    """Serve one ``/ws`` connection unless the node drains or is full (then HTTP 503)."""
+def serve_gateway(scope: Scope, receive: Receive, send: Send, state: NodeState) -> Awaitable[None]:
+    """Serve one ``/ws`` connection unless the node drains or is full (then HTTP 503).
+
+    Not a coroutine itself: it decides, then hands back the coroutine that refuses or serves,
+    so a connection's whole life keeps no frame of it (memory per idle connection). The socket
+    counted by ``open_socket`` is given back when that coroutine ends, however it ends.
+    """
     limits = state["runner"].limits
     if state["draining"].is_set():
-        await refuse_websocket(scope, send, 503, "node is shutting down")
-        return
+        return refuse_websocket(scope, send, 503, "node is shutting down")
     if not limits.open_socket():
-        await refuse_websocket(scope, send, 503, "node is at its connection limit")
-        return
+        return refuse_websocket(scope, send, 503, "node is at its connection limit")
+    if not limits.begin_handshake():  # a connect storm: shed what cannot be served soon
+        return _then(
+            refuse_websocket(scope, send, 503, "node is busy with connects; retry shortly"),
+            limits.close_socket,
+        )
+    return serve_websocket(
+        scope, receive, send, state["gateway"], connected=limits.end_handshake, ended=limits.close_socket
+    )
+
+
+async def _then(refusal: Awaitable[None], done: Callable[[], None]) -> None:
     try:
-        if not limits.begin_handshake():  # a connect storm: shed what cannot be served soon
-            await refuse_websocket(scope, send, 503, "node is busy with connects; retry shortly")
-            return
-        await serve_websocket(scope, receive, send, state["gateway"], connected=limits.end_handshake)
+        await refusal
     finally:
-        limits.close_socket()
+        done()
