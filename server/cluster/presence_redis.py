@@ -9,8 +9,6 @@ removed by the survivors (``remove_node``, run once across the cluster by
 
 from __future__ import annotations
 
-import asyncio
-
 import msgpack
 
 from tidings.server.cluster.backplane import keys as redis_keys
@@ -45,9 +43,11 @@ class RedisPresence:
         if self._commands is not None:  # shares a round trip with the other connects of this loop turn
             key, entry = redis_keys.presence(self._prefix, channel), channel + _SEPARATOR + member.client
             with redis_errors("presence add failed"):
-                await asyncio.gather(
-                    self._commands.call("HSET", key, member.client, msgpack.packb(member.encode())),
-                    self._commands.call("SADD", self._index, entry),
+                await self._commands.call_all(
+                    [
+                        ("HSET", key, member.client, msgpack.packb(member.encode())),
+                        ("SADD", self._index, entry),
+                    ]
                 )
             return
         with redis_errors("presence add failed"):
@@ -62,10 +62,7 @@ class RedisPresence:
         if self._commands is not None:
             key, entry = redis_keys.presence(self._prefix, channel), channel + _SEPARATOR + member.client
             with redis_errors("presence remove failed"):
-                await asyncio.gather(
-                    self._commands.call("HDEL", key, member.client),
-                    self._commands.call("SREM", self._index, entry),
-                )
+                await self._commands.call_all([("HDEL", key, member.client), ("SREM", self._index, entry)])
             return
         with redis_errors("presence remove failed"):
             async with self._redis.pipeline(transaction=False) as pipe:

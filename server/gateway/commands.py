@@ -11,6 +11,7 @@ carry exception text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -264,9 +265,17 @@ class CommandRunner:
             if self.notifier is None:
                 channels, unread = await self._connect_channels(connection, plan, releases), 0
             else:  # both at once: the check-in shares a round trip with the subscriptions' calls
-                channels, unread = await asyncio.gather(
-                    self._connect_channels(connection, plan, releases), self.notifier.check_in(principal.user)
-                )
+                check_in = asyncio.ensure_future(
+                    self.notifier.check_in(principal.user)
+                )  # one task, not gather's two
+                try:
+                    channels = await self._connect_channels(connection, plan, releases)
+                except BaseException:
+                    check_in.cancel()
+                    with contextlib.suppress(BaseException):
+                        await check_in
+                    raise
+                unread = await check_in
         except BaseException:
             # Half way (e.g. Redis went away): undo it all, so that the client may send connect again.
             await self._undo_connect(connection, releases)

@@ -10,7 +10,6 @@ audience of ``all``); one key per dedupe record.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -161,9 +160,11 @@ class RedisNotificationStore:
     async def check_in(self, user: str) -> int:
         if self._commands is not None:  # shares a round trip with the other connects of this loop turn
             with redis_errors("inbox read failed"):
-                _, unread = await asyncio.gather(
-                    self._commands.call("SADD", redis_keys.users(self._prefix), user),
-                    self._commands.call("ZCARD", redis_keys.inbox_unread(self._prefix, user)),
+                _, unread = await self._commands.call_all(
+                    [
+                        ("SADD", redis_keys.users(self._prefix), user),
+                        ("ZCARD", redis_keys.inbox_unread(self._prefix, user)),
+                    ]
                 )
             return int(unread)
         with redis_errors("inbox read failed"):

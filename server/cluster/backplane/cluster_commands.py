@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.exceptions import AskError, MovedError
@@ -70,6 +70,10 @@ class ClusterCommands:
             return pipeline.call_asking(*args) if asking else pipeline.call(*args)
 
         return await self._route(str(args[1]), run)
+
+    async def call_all(self, commands: Sequence[tuple[EncodableT, ...]]) -> list[Any]:
+        # Each routed (and redirected) on its own: they may live on different shards.
+        return list(await asyncio.gather(*(self.call(*command) for command in commands)))
 
     async def evalsha(self, script: Script, keys: list[str], args: list[EncodableT]) -> Any:
         def run(pipeline: CommandPipeline, asking: bool) -> Awaitable[Any]:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,9 +95,35 @@ class Commands(Protocol):
 
     async def call(self, *args: EncodableT) -> Any: ...
 
+    async def call_all(self, commands: Sequence[tuple[EncodableT, ...]]) -> list[Any]:
+        """Each command as ``call`` runs it, all queued at once; replies in order, or the first error."""
+        ...
+
     async def evalsha(self, script: Script, keys: list[str], args: list[EncodableT]) -> Any: ...
 
     async def close(self) -> None: ...
+
+
+async def replies_of(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """The results of ``futures`` in order once all are done; the first error (in order) raised.
+
+    Cancelled while waiting, it cancels those not done (a queued command is then not sent).
+    """
+    results: list[Any] = []
+    error: Exception | None = None
+    try:
+        for future in futures:
+            try:
+                results.append(await future)
+            except Exception as exc:  # retrieved here, so never logged as lost
+                error = error or exc
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    if error is not None:
+        raise error
+    return results
 
 
 class CommandPipeline:
@@ -142,6 +168,14 @@ class CommandPipeline:
             ResponseError: Redis answered with an error.
         """
         return await self._enqueue(args, None)
+
+    async def call_all(self, commands: Sequence[tuple[EncodableT, ...]]) -> list[Any]:
+        """Run ``commands``, queued together (one round trip as a rule); their replies in order.
+
+        No task per command (``asyncio.gather`` would make one each). Every reply is waited for;
+        then the first error among them is raised (as for :meth:`call`).
+        """
+        return await replies_of([self._enqueue(command, None) for command in commands])
 
     async def evalsha(
         self, script: Script, keys: list[str], args: list[EncodableT], *, asking: bool = False
