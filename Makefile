@@ -107,7 +107,9 @@ bench-round2: $(STAMP)
 	$(BIN)/python -m loadtest.run_cluster --nodes 2 -- $(BIN)/python -m loadtest.fanout --scenario connects
 	$(BIN)/python -m loadtest.storm
 
-# The same connects against socket.io 4 + its Redis adapter (loadtest/baseline/README.md; needs Node.js).
+# The same connects against socket.io 4 + its Redis adapter (loadtest/baseline/README.md; needs Node.js),
+# plain, then with the app announcing each join to the room's members (Tidings' join push).
 baseline-connects: $(STAMP)
 	cd loadtest/baseline/socketio && npm ci --no-audit --no-fund
 	$(BIN)/python loadtest/baseline/socketio_bench.py --scenario connects
+	$(BIN)/python loadtest/baseline/socketio_bench.py --scenario connects --announce-joins
