@@ -92,7 +92,7 @@ class Settings:
     drain_interval: float = 0.25  # pause between two such batches
     log_format: str = "text"  # "json": one JSON object per line with node and connection ids (logs.py)
     history_size: int = 1000  # publications kept per channel
-    history_ttl: float = 86400.0  # seconds (at least) a channel's history lives after its last publication
+    history_ttl: float = 86400.0  # seconds a channel's history lives after its last publication
     history_overrides: Mapping[str, HistoryPolicy] = field(default_factory=dict)  # per namespace
     jobs: bool = True  # TIDINGS_JOBS=off: this node enqueues jobs but never takes one (jobs.py)
     job_visibility_timeout: float = 30.0  # a job untouched this long (its node died) goes to another node

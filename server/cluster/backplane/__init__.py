@@ -110,7 +110,7 @@ class HistoryPage:
 
 @dataclass(frozen=True, slots=True)
 class HistoryPolicy:
-    """How much history a channel keeps: at most ``size`` publications, for at least ``ttl`` seconds after the last one."""
+    """How much history a channel keeps: at most ``size`` publications, for ``ttl`` seconds after the last one."""
 
     size: int = 1000
     ttl: float = 86400.0

@@ -5,7 +5,7 @@
 -- ARGV[1]  the channel's pub/sub name                             keys.channel_pubsub
 -- ARGV[2]  the payload (msgpack, see envelope.py)
 -- ARGV[3]  history size: XADD MAXLEN ~ this many entries
--- ARGV[4]  history TTL in milliseconds: both keys live at least this long after every publication
+-- ARGV[4]  history TTL in milliseconds, renewed on every publication
 -- ARGV[5]  a fresh epoch, used only if the channel has none (new or lost stream)
 -- ARGV[6]  PUBLISH, or SPUBLISH on Redis Cluster (sharded pub/sub: only this shard's subscribers)
 -- ARGV[7]  the run_id of this server process, "" to skip the check below
@@ -30,27 +30,17 @@ if epoch and ARGV[7] ~= '' and meta[2] ~= ARGV[7] then
     redis.call('HSET', KEYS[1], 'server', ARGV[7])  -- written before servers were recorded
   end
 end
-local ttl = tonumber(ARGV[4])
-local renew = false
 if not epoch then
   -- A new life of the channel: whatever stream is left belongs to the old one (its offsets would
   -- collide with ours), and clients holding the old epoch must learn that they cannot recover.
   epoch = ARGV[5]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'server', ARGV[7])
-  renew = true
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 -- The stream id is the offset, so history reads are XRANGE by offset without an index.
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], string.format('%d-0', offset), 'p', ARGV[2])
--- Both keys are renewed to 9/8 of the TTL once less than the TTL is left, not on every
--- publication: one cheap read instead of two writes per publication, and still at least the
--- TTL after each. The stream's TTL is the one read: a stream XADD had to create again (evicted,
--- say) has none (-1), so it gets one at once instead of outliving its channel.
-if renew or redis.call('PTTL', KEYS[2]) < ttl then
-  local lease = ttl + math.floor(ttl / 8)
-  redis.call('PEXPIRE', KEYS[1], lease)
-  redis.call('PEXPIRE', KEYS[2], lease)
-end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call(ARGV[6], ARGV[1], epoch .. ':' .. string.format('%d', offset) .. ':' .. ARGV[2])
 return {epoch, offset}
