@@ -158,6 +158,27 @@ async def test_history_keeps_at_most_size_publications(open_backplane: OpenBackp
     assert len((await backplane.history("user:big")).publications) == 30
 
 
+@pytest.mark.redis
+async def test_history_lives_its_ttl_after_every_publication(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    """After each publication both of a channel's keys have the history TTL left: renewed every time."""
+    ttl = 2.0
+    backplane = RedisBackplane(
+        redis_url, node_id="n1", key_prefix=key_prefix, policies={"": HistoryPolicy(size=100, ttl=ttl)}
+    )
+    await backplane.start(Recorder())
+    keys = [redis_keys.channel_meta(key_prefix, "room:t"), redis_keys.channel_stream(key_prefix, "room:t")]
+    try:
+        for _ in range(20):
+            await backplane.publish("room:t", "x")
+            left = [await redis_client.pttl(key) for key in keys]
+            # (less the time the PTTL round trips took on a busy machine)
+            assert all(ttl * 1000 - 250 <= ms <= ttl * 1000 for ms in left), left
+    finally:
+        await backplane.close()
+
+
 async def test_data_sender_and_time_survive_the_trip(open_backplane: OpenBackplane) -> None:
     backplane, recorder = await open_backplane()
     await backplane.subscribe("room:d")
