@@ -1,17 +1,21 @@
 """``Commands.call_all``: several commands queued at once without a task each (issue 16), on one
-Redis server and on a Redis Cluster, and the pure waiting it rests on (``replies_of``)."""
+Redis server and on a Redis Cluster, the pure waiting it rests on (``replies_of``), and how the
+RESP layer fails the replies a lost connection leaves behind."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from tidings.server.cluster.backplane.pipeline import replies_of
 from tidings.server.cluster.backplane.redis import RedisBackplane
 
 from .support.backends import Backend
+from .support.timing import wait_until
 from .test_backplane_contract import Recorder
 
 pytestmark = pytest.mark.redis
@@ -65,3 +69,28 @@ async def test_replies_of_cancelled_cancels_what_is_not_done() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert futures[0].result() == 0 and futures[1].cancelled() and futures[2].cancelled()
+
+
+async def test_replies_abandoned_on_a_lost_connection_are_not_logged_as_lost(redis_url: str) -> None:
+    """A round trip given up (timed out, cancelled) leaves futures nobody awaits; when the connection
+    then drops, they fail quietly: no "Future exception was never retrieved" when collected."""
+    from urllib.parse import urlparse
+
+    from tidings.server.cluster.backplane.resp import Endpoint, open_resp
+
+    from .support.logs import error_log
+
+    url = urlparse(redis_url)
+    connection = await open_resp(Endpoint(address=(url.hostname or "", url.port or 6379)), timeout=5.0)
+    with error_log() as errors:
+        pending = connection.send([("BLPOP", "tidings-test:never", "0"), ("PING",)])  # blocks: no reply
+        connection.abort()
+        await wait_until(lambda: all(f.done() for f in pending))
+        waited = pending[0]
+        pending.clear()  # the PING's future: nobody will ever await it
+        gc.collect()
+        with pytest.raises(RedisConnectionError):
+            await waited  # who still waits gets the error
+        del waited
+        gc.collect()
+        assert not errors.records, errors.messages()

@@ -92,6 +92,7 @@ class RespConnection(asyncio.Protocol):
             future = self._waiting.popleft()
             if not future.done():
                 future.set_exception(error)
+                future.exception()  # marked retrieved: see _abort
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -128,10 +129,14 @@ class RespConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _abort(self, error: Exception) -> None:
+        # A caller still waiting gets the error when it awaits; marked retrieved because a round
+        # trip given up (timed out, cancelled) waits no more, and asyncio would log every such
+        # future as "exception never retrieved" when it is collected.
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
                 future.set_exception(error)
+                future.exception()
         if self.transport is not None:
             self.transport.abort()
 
