@@ -65,16 +65,21 @@ async def test_invalidating_a_room_forgets_only_that_room() -> None:
 
 
 class GatedSettings(InMemoryRooms):
-    """The in-memory directory whose room-setting reads wait at a gate the test opens, counted."""
+    """The in-memory directory whose room-setting reads wait at a gate the test opens, counted;
+    the first ``failing`` reads fail as an unreachable Redis would."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, failing: int = 0) -> None:
         super().__init__()
         self.settings_read = 0
+        self.failing = failing
         self.gate = asyncio.Event()
 
     async def is_private(self, room: str) -> bool:
         self.settings_read += 1
+        read = self.settings_read
         await self.gate.wait()
+        if read <= self.failing:
+            raise StoreUnavailable("room directory unavailable")
         return await super().is_private(room)
 
 
@@ -125,16 +130,7 @@ async def test_a_caller_after_an_invalidation_does_not_share_a_read_from_before_
 
 async def test_a_failed_shared_read_fails_every_caller_and_is_not_kept() -> None:
     """The directory fails: each waiting caller gets the error; the next caller asks again."""
-
-    class Failing(GatedSettings):
-        async def is_private(self, room: str) -> bool:
-            self.settings_read += 1
-            await self.gate.wait()
-            if self.settings_read == 1:
-                raise StoreUnavailable("room directory unavailable")
-            return False
-
-    directory = Failing()
+    directory = GatedSettings(failing=1)
     cache = CachedRooms(directory)
     asking = [asyncio.ensure_future(cache.may_access("r", f"u{n}")) for n in range(3)]
     await wait_until(lambda: directory.settings_read == 1, timeout=UNIT)

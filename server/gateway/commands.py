@@ -265,9 +265,8 @@ class CommandRunner:
             if self.notifier is None:
                 channels, unread = await self._connect_channels(connection, plan, releases), 0
             else:  # both at once: the check-in shares a round trip with the subscriptions' calls
-                check_in = asyncio.ensure_future(
-                    self.notifier.check_in(principal.user)
-                )  # one task, not gather's two
+                # One task for the check-in beside this one (asyncio.gather would make two).
+                check_in = asyncio.ensure_future(self.notifier.check_in(principal.user))
                 try:
                     channels = await self._connect_channels(connection, plan, releases)
                 except BaseException:

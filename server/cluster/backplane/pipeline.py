@@ -154,9 +154,8 @@ class CommandPipeline:
         self._max_batch = max_batch
         self._queue: list[_Call] = []
         self._server_id = b""
-        self._loop: asyncio.AbstractEventLoop | None = (
-            None  # the first caller's (get_running_loop costs a getpid())
-        )
+        # The first caller's loop, kept: on Python 3.11 get_running_loop() costs a getpid() each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
